@@ -1,0 +1,109 @@
+"""Dialect strategies: the only place where databases are told apart.
+
+A strategy owns what truly differs between databases: engine set-up, how a write
+transaction begins (SQLite takes its single write lock up front), the claim statement,
+the dialect's ``INSERT`` construct (for ``ON CONFLICT``), which errors are safe to retry,
+and capability flags. Everything else is portable SQLAlchemy Core in the repository.
+
+Adding a database means adding one module here that registers a strategy.
+
+Internal: not part of the public API.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
+
+from sqlalchemy import Table, Update
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import Insert
+
+from ..errors import UnsupportedDialect
+
+__all__ = ["DialectStrategy", "register", "strategy_for", "supported_dialects", "normalize_url"]
+
+
+@runtime_checkable
+class DialectStrategy(Protocol):
+    """What a database must provide to host absurd-orm."""
+
+    name: ClassVar[str]
+    #: Several connections may claim at once without blocking each other (row locks).
+    concurrent_claims: ClassVar[bool]
+
+    def configure_engine(self, engine: Engine) -> None:
+        """Install per-connection settings on ``engine`` (idempotent)."""
+
+    def write_transaction(self, engine: Engine) -> Any:
+        """Context manager yielding a Connection inside a transaction that may write."""
+
+    def read_transaction(self, engine: Engine) -> Any:
+        """Context manager yielding a Connection inside a read-only transaction."""
+
+    def insert(self, table: Table) -> Insert:
+        """The dialect's INSERT construct (with ``on_conflict_do_*``)."""
+
+    def claim_statement(self, candidates: Select[Any], update: Update) -> Update:
+        """Restrict ``update`` to the rows of ``candidates`` without double-claiming."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """True when ``exc`` rolled the transaction back and retrying it is safe."""
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        """Serialise concurrent migrations inside ``conn``'s transaction."""
+
+
+_REGISTRY: dict[str, Callable[[], DialectStrategy]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: register a strategy for SQLAlchemy dialect ``name``."""
+
+    def deco(cls: type) -> type:
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def supported_dialects() -> list[str]:
+    """Names of the dialects with a registered strategy."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def strategy_for(engine: Engine) -> DialectStrategy:
+    """Return the strategy for ``engine``'s dialect or raise :class:`UnsupportedDialect`."""
+    _load_builtin()
+    factory = _REGISTRY.get(engine.dialect.name)
+    if factory is None:
+        raise UnsupportedDialect(
+            f"absurd-orm does not support the {engine.dialect.name!r} dialect; "
+            f"supported: {', '.join(supported_dialects())}"
+        )
+    return factory()
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url``; a PostgreSQL URL without a driver uses psycopg (version 3)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that importing absurd_orm never requires a driver.
+    from . import postgresql, sqlite  # noqa: F401
+
+
+@contextmanager
+def begin(engine: Engine, **options: Any) -> Iterator[Connection]:
+    """Check out a connection, apply execution ``options`` and run one transaction."""
+    with engine.connect() as conn:
+        if options:
+            conn.execution_options(**options)
+        with conn.begin():
+            yield conn

@@ -1,0 +1,64 @@
+"""PostgreSQL: row locks, ``FOR UPDATE SKIP LOCKED`` claims, READ COMMITTED.
+
+Concurrent claimers never wait for each other: the candidate runs are locked with
+``SKIP LOCKED`` inside a CTE and updated by the same statement. The CTE matters: with
+an inline ``IN (SELECT ... LIMIT n)`` the planner may run the subquery once per outer
+row (a nested loop) and update more rows than asked for.
+
+Internal: not part of the public API.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
+
+from sqlalchemy import Table, Update, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import Insert
+
+from . import begin, register
+
+# serialization_failure, deadlock_detected: the server rolled the transaction back.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+@register("postgresql")
+class PostgreSQLStrategy:
+    """Claims with ``FOR UPDATE SKIP LOCKED`` in one statement."""
+
+    name: ClassVar[str] = "postgresql"
+    concurrent_claims: ClassVar[bool] = True
+
+    def configure_engine(self, engine: Engine) -> None:
+        """Nothing to install: PostgreSQL's defaults suit us."""
+
+    @contextmanager
+    def write_transaction(self, engine: Engine) -> Iterator[Connection]:
+        """An ordinary READ COMMITTED transaction; rows are locked as they are touched."""
+        with begin(engine) as conn:
+            yield conn
+
+    read_transaction = write_transaction
+
+    def insert(self, table: Table) -> Insert:
+        """PostgreSQL's INSERT, which knows ``ON CONFLICT``."""
+        return pg_insert(table)
+
+    def claim_statement(self, candidates: Select[Any], update: Update) -> Update:
+        """Lock candidates in a CTE with SKIP LOCKED, then update exactly those rows."""
+        locked = candidates.with_for_update(skip_locked=True).cte("absurd_claim")
+        run_id = update.table.c.run_id  # type: ignore[attr-defined]
+        return update.where(run_id == locked.c.run_id)
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        """Take a transaction-scoped advisory lock so concurrent migrators queue up."""
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('absurd_orm.migrate'))"))
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Serialization failures and deadlocks: rolled back by the server, safe to retry."""
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES

@@ -1,0 +1,131 @@
+"""SQLite: one writer at a time, taken explicitly.
+
+SQLite serialises writers with a database-wide lock. A transaction that starts as a
+reader and later writes can fail with SQLITE_BUSY at once, without waiting (two readers
+upgrading would deadlock), so every transaction that may write starts with
+``BEGIN IMMEDIATE``: it waits (``busy_timeout``) for the write lock up front and then
+cannot fail for lock reasons. pysqlite's own transaction handling is switched off
+(``isolation_level = None``) so that the ``begin`` event below controls BEGIN.
+
+Row locks do not exist: SQLAlchemy drops ``FOR UPDATE`` on SQLite without a word, which
+is correct here only because the immediate transaction already excludes other writers.
+
+WAL lets readers proceed while one writer commits. Requires SQLite >= 3.35 (RETURNING).
+
+Internal: not part of the public API.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
+
+from sqlalchemy import Table, Update, event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import Insert
+
+from ..errors import UnsupportedDialect
+from . import begin, register
+
+MIN_VERSION = (3, 35, 0)
+BUSY_TIMEOUT_MS = 30_000
+_CONFIGURED = "absurd_sqlite_configured"
+_BEGIN_OPTION = "absurd_sqlite_begin"
+
+
+def _configure_connection(dbapi_connection: Any, synchronous: str) -> None:
+    # Must be None before any BEGIN of ours: pysqlite would otherwise open its own
+    # transactions behind SQLAlchemy's back.
+    dbapi_connection.isolation_level = None
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() not in ("wal", "memory"):
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute(f"PRAGMA synchronous = {synchronous}")
+    finally:
+        cur.close()
+
+
+@register("sqlite")
+class SQLiteStrategy:
+    """Claims and writes under ``BEGIN IMMEDIATE``; WAL; busy timeout; foreign keys."""
+
+    name: ClassVar[str] = "sqlite"
+    concurrent_claims: ClassVar[bool] = False
+
+    def __init__(self, synchronous: str = "FULL") -> None:
+        if sqlite3.sqlite_version_info < MIN_VERSION:
+            raise UnsupportedDialect(
+                f"SQLite {sqlite3.sqlite_version} is too old: absurd-orm needs >= "
+                f"{'.'.join(map(str, MIN_VERSION))} (for RETURNING)"
+            )
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
+        self.synchronous = synchronous.upper()
+
+    def configure_engine(self, engine: Engine) -> None:
+        """Install the connect/begin listeners once per engine."""
+        if engine.dialect.name != "sqlite":
+            raise UnsupportedDialect(f"SQLite strategy given a {engine.dialect.name} engine")
+        if getattr(engine, "_absurd_sqlite", None) is not None:
+            return
+        engine._absurd_sqlite = self  # type: ignore[attr-defined]
+        synchronous = self.synchronous
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, record: Any) -> None:
+            _configure_connection(dbapi_connection, synchronous)
+            record.info[_CONFIGURED] = True
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            record = conn.connection._connection_record  # type: ignore[attr-defined]
+            info = record.info if record is not None else conn.connection.info
+            if not info.get(_CONFIGURED):
+                # A connection pooled before we were installed (a host's engine).
+                _configure_connection(conn.connection.dbapi_connection, synchronous)
+                info[_CONFIGURED] = True
+            mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+    @contextmanager
+    def write_transaction(self, engine: Engine) -> Iterator[Connection]:
+        """A transaction holding SQLite's write lock from its first statement."""
+        with begin(engine, **{_BEGIN_OPTION: "IMMEDIATE"}) as conn:
+            yield conn
+
+    @contextmanager
+    def read_transaction(self, engine: Engine) -> Iterator[Connection]:
+        """A deferred (reader) transaction: a consistent snapshot, no write lock."""
+        with begin(engine) as conn:
+            yield conn
+
+    def insert(self, table: Table) -> Insert:
+        """SQLite's INSERT, which knows ``ON CONFLICT``."""
+        return sqlite_insert(table)
+
+    def claim_statement(self, candidates: Select[Any], update: Update) -> Update:
+        """``UPDATE ... WHERE id IN (SELECT ... LIMIT n)``: the write lock excludes rivals."""
+        run_id = update.table.c.run_id  # type: ignore[attr-defined]
+        return update.where(run_id.in_(candidates.scalar_subquery()))
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        """Nothing to do: migrations run in an immediate (write-locked) transaction."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """SQLITE_BUSY / SQLITE_LOCKED: nothing was written, try again."""
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        if not isinstance(orig, sqlite3.OperationalError):
+            return False
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        text = str(orig).lower()
+        return "database is locked" in text or "database is busy" in text

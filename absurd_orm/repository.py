@@ -1,0 +1,749 @@
+"""Every read and write of absurd-orm's tables: one method per state transition.
+
+Internal: lower level than :class:`absurd_orm.Engine` and less stable.
+
+State machine (runs; tasks follow their live run)::
+
+    spawn ──> pending ──claim──> running ──complete──> completed
+                 ^                 │  │ └──fail──> failed ──retry (new run)──> pending/sleeping
+                 │                 │  └──sleep / await──> sleeping ──timer / emit / child──> (claim)
+                 └──emit / child───┴──────────────────────────┘
+    any live state ──cancel──> cancelled
+
+Invariants kept here:
+
+* A task has at most one live (pending, running, sleeping) run. Terminal states never
+  change again, except ``failed -> pending`` through ``retry_task``.
+* Fencing: checkpoints, suspensions and completions are written only by a run that is
+  still ``running``. A run whose lease expired is failed by the next claim on its queue;
+  from then on every write of its old worker is refused with :class:`FailedTask`.
+* ``tasks.cancel_at`` is non-NULL only for live tasks with a cancellation policy.
+* Every method receives "now" from the engine clock; SQL never reads the server clock.
+
+Lock order (PostgreSQL row locks; SQLite takes its single write lock at BEGIN):
+event row -> awaited (child) task -> runs -> their task -> waits/checkpoints -> waiting
+parents' runs -> their tasks. Within one task: runs before the task row. Every
+multi-row transition follows it, so concurrent transitions cannot deadlock.
+
+Each public method runs one short transaction (``_write`` / ``_read``); the ``_``-prefixed
+``conn``-taking methods compose inside a caller's transaction. Transactions that the
+database rolled back for lock reasons (SQLite busy, PostgreSQL serialization failure or
+deadlock) are retried with bounded backoff; nothing else is.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timedelta
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from sqlalchemy import (
+    bindparam,
+    case,
+    delete,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from . import _ids
+from ._records import cancellation_dict, run_info, snapshot, snapshot_to_json, task_info
+from .clock import Clock
+from .dialects import DialectStrategy
+from .errors import (
+    CancelledTask,
+    FailedTask,
+    InvalidTaskState,
+    QueueNotFound,
+    TaskNotFound,
+)
+from .models import checkpoints, events, queues, runs, tasks, waits
+from .retry import retry_delay
+from .types import (
+    TERMINAL_STATES,
+    ClaimedTask,
+    RetryTaskResult,
+    SpawnResult,
+    TaskInfo,
+    TaskResultSnapshot,
+)
+
+T = TypeVar("T")
+
+LIVE_STATES = ("pending", "running", "sleeping")
+# Literal SQL (not bound parameters) so that the planners match the partial indexes.
+_LIVE_RUN = runs.c.state.in_([literal_column(f"'{s}'") for s in LIVE_STATES])
+_CLAIMABLE_RUN = runs.c.state.in_([literal_column("'pending'"), literal_column("'sleeping'")])
+_RUNNING_RUN = runs.c.state == literal_column("'running'")
+
+CLAIM_TIMEOUT_FAILURE = "$ClaimTimeout"
+
+
+class Repository:
+    """Transitions of the durable-execution state machine over one SQLAlchemy engine."""
+
+    max_transient_retries = 12
+
+    def __init__(self, engine: Engine, strategy: DialectStrategy, clock: Clock) -> None:
+        self.engine = engine
+        self.strategy = strategy
+        self.clock = clock
+        self._insert = strategy.insert
+
+    # ------------------------------------------------------------------ transactions
+
+    def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._retrying(self.strategy.write_transaction, fn, args, kwargs)
+
+    def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._retrying(self.strategy.read_transaction, fn, args, kwargs)
+
+    def _retrying(self, txn: Callable[[Engine], Any], fn: Callable[..., T],
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        delay = 0.002
+        for attempt in range(self.max_transient_retries + 1):
+            try:
+                with txn(self.engine) as conn:
+                    return fn(conn, *args, **kwargs)
+            except DBAPIError as exc:
+                if attempt >= self.max_transient_retries or not self.strategy.is_transient(exc):
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")
+
+    def now(self) -> datetime:
+        """The engine clock's current time."""
+        return self.clock()
+
+    # ------------------------------------------------------------------ queues
+
+    def create_queue(self, queue: str) -> None:
+        """Create ``queue`` if it does not exist."""
+        def txn(conn: Connection) -> None:
+            stmt = self._insert(queues).values(queue_name=queue, created_at=self.now())
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=[queues.c.queue_name]))
+        self._write(txn)
+
+    def drop_queue(self, queue: str) -> None:
+        """Delete ``queue`` and every row that belongs to it."""
+        def txn(conn: Connection) -> None:
+            for table in (waits, checkpoints, events, runs, tasks):
+                conn.execute(delete(table).where(table.c.queue == queue))
+            conn.execute(delete(queues).where(queues.c.queue_name == queue))
+        self._write(txn)
+
+    def list_queues(self) -> list[str]:
+        """All queue names, sorted."""
+        return self._read(lambda conn: list(conn.scalars(
+            select(queues.c.queue_name).order_by(queues.c.queue_name))))
+
+    def queue_exists(self, queue: str) -> bool:
+        """True when ``queue`` exists."""
+        return self._read(lambda conn: conn.scalar(
+            select(queues.c.queue_name).where(queues.c.queue_name == queue)) is not None)
+
+    def _require_queue(self, conn: Connection, queue: str) -> None:
+        if conn.scalar(select(queues.c.queue_name).where(queues.c.queue_name == queue)) is None:
+            raise QueueNotFound(f'Queue "{queue}" does not exist (create it with create_queue)')
+
+    # ------------------------------------------------------------------ spawn
+
+    def spawn(self, queue: str, task_name: str, params: Any, **options: Any) -> SpawnResult:
+        """Create a task and its first run (or return the task its idempotency key names)."""
+        return self._write(self._spawn, queue, task_name, params, **options)
+
+    def _spawn(self, conn: Connection, queue: str, task_name: str, params: Any, *,
+               headers: Any = None, retry_strategy: Any = None, max_attempts: int | None = None,
+               cancellation: Mapping[str, float] | None = None,
+               idempotency_key: str | None = None) -> SpawnResult:
+        now = self.now()
+        task_id = _ids.uuid7(now)
+        run_id = _ids.uuid7(now)
+        cancellation = cancellation or {}
+        max_delay = cancellation.get("max_delay")
+        values = dict(
+            task_id=task_id, queue=queue, task_name=task_name, params=params,
+            headers=headers, retry_strategy=retry_strategy, max_attempts=max_attempts,
+            max_delay=max_delay, max_duration=cancellation.get("max_duration"),
+            cancel_at=now + timedelta(seconds=max_delay) if max_delay else None,
+            idempotency_key=idempotency_key, state="pending", attempts=1,
+            last_attempt_run=run_id, enqueued_at=now,
+        )
+        try:
+            if idempotency_key is None:
+                conn.execute(tasks.insert(), values)
+            else:
+                stmt = (self._insert(tasks).values(**values)
+                        .on_conflict_do_nothing(index_elements=[tasks.c.queue, tasks.c.idempotency_key])
+                        .returning(tasks.c.task_id))
+                if conn.execute(stmt).first() is None:
+                    row = conn.execute(
+                        select(tasks.c.task_id, tasks.c.last_attempt_run, tasks.c.attempts).where(
+                            tasks.c.queue == queue, tasks.c.idempotency_key == idempotency_key)
+                    ).one()
+                    return SpawnResult(row.task_id, row.last_attempt_run, row.attempts, False)
+        except IntegrityError as exc:
+            if "foreign key" in str(exc.orig).lower():
+                raise QueueNotFound(
+                    f'Queue "{queue}" does not exist (create it with create_queue)') from None
+            raise
+        conn.execute(runs.insert(), dict(
+            run_id=run_id, queue=queue, task_id=task_id, attempt=1, state="pending",
+            available_at=now, created_at=now))
+        return SpawnResult(task_id, run_id, 1, True)
+
+    # ------------------------------------------------------------------ claim
+
+    def claim(self, queue: str, worker_id: str, claim_timeout: float, limit: int) -> list[ClaimedTask]:
+        """Apply due cancellations, fail expired leases, then claim up to ``limit`` runs."""
+        return self._write(self._claim, queue, worker_id, claim_timeout, limit)
+
+    def _claim(self, conn: Connection, queue: str, worker_id: str, claim_timeout: float,
+               limit: int) -> list[ClaimedTask]:
+        now = self.now()
+        self._apply_cancellation_policies(conn, queue, now)
+        self._expire_leases(conn, queue, now, limit)
+
+        lease_until = now + timedelta(seconds=claim_timeout) if claim_timeout > 0 else None
+        candidates = (
+            select(runs.c.run_id)
+            .where(runs.c.queue == queue, _CLAIMABLE_RUN, runs.c.available_at <= now)
+            .order_by(runs.c.available_at, runs.c.run_id)
+            .limit(limit)
+        )
+        upd = (update(runs)
+               .values(state="running", claimed_by=worker_id, claim_expires_at=lease_until,
+                       started_at=now, available_at=now)
+               .returning(runs.c.run_id, runs.c.task_id, runs.c.attempt, runs.c.wake_event,
+                          runs.c.wake_step, runs.c.event_payload))
+        claimed = conn.execute(self.strategy.claim_statement(candidates, upd)).all()
+        if not claimed:
+            return []
+        claimed.sort(key=lambda r: r.run_id)
+        task_ids = [r.task_id for r in claimed]
+        task_rows = {r.task_id: r for r in conn.execute(
+            select(tasks.c.task_id, tasks.c.task_name, tasks.c.params, tasks.c.headers,
+                   tasks.c.retry_strategy, tasks.c.max_attempts, tasks.c.max_duration,
+                   tasks.c.first_started_at, tasks.c.cancel_at, tasks.c.attempts)
+            .where(tasks.c.task_id.in_(task_ids)))}
+        conn.execute(
+            update(tasks).where(tasks.c.task_id == bindparam("b_task_id")).values(
+                state="running", attempts=bindparam("b_attempts"),
+                first_started_at=bindparam("b_first_started_at"),
+                last_attempt_run=bindparam("b_run_id"), cancel_at=bindparam("b_cancel_at")),
+            [self._claimed_task_values(task_rows[r.task_id], r, now) for r in claimed])
+
+        woke_from_wait = [r for r in claimed if r.wake_step is not None]
+        if woke_from_wait:
+            self._resolve_expired_waits(conn, woke_from_wait, now)
+        stored = self._load_checkpoints(conn, task_ids)
+        out = []
+        for r in claimed:
+            t = task_rows[r.task_id]
+            out.append(ClaimedTask(
+                run_id=r.run_id, task_id=r.task_id, task_name=t.task_name, attempt=r.attempt,
+                params=t.params, headers=t.headers, retry_strategy=t.retry_strategy,
+                max_attempts=t.max_attempts, wake_event=r.wake_event,
+                event_payload=r.event_payload, queue_name=queue,
+                claim_expires_at=lease_until, wake_step=r.wake_step,
+                checkpoints=stored.get(r.task_id, {})))
+        return out
+
+    @staticmethod
+    def _claimed_task_values(t: Any, r: Any, now: datetime) -> dict[str, Any]:
+        first_start = t.first_started_at is None
+        if first_start:
+            cancel_at = now + timedelta(seconds=t.max_duration) if t.max_duration else None
+        else:
+            cancel_at = t.cancel_at
+        return dict(b_task_id=r.task_id, b_attempts=max(t.attempts, r.attempt),
+                    b_first_started_at=now if first_start else t.first_started_at,
+                    b_run_id=r.run_id, b_cancel_at=cancel_at)
+
+    def _apply_cancellation_policies(self, conn: Connection, queue: str, now: datetime) -> None:
+        due = conn.scalars(
+            select(tasks.c.task_id)
+            .where(tasks.c.queue == queue, tasks.c.cancel_at.is_not(None), tasks.c.cancel_at <= now)
+            .order_by(tasks.c.task_id).limit(1000)).all()
+        for task_id in due:
+            self._cancel(conn, queue, task_id, now)
+
+    def _expire_leases(self, conn: Connection, queue: str, now: datetime, limit: int) -> None:
+        expired = conn.execute(
+            select(runs.c.run_id, runs.c.claimed_by, runs.c.claim_expires_at, runs.c.attempt)
+            .where(runs.c.queue == queue, _RUNNING_RUN, runs.c.claim_expires_at <= now)
+            .order_by(runs.c.claim_expires_at, runs.c.run_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)).all()
+        for r in expired:
+            reason = {"name": CLAIM_TIMEOUT_FAILURE,
+                      "message": "worker did not finish task within claim interval",
+                      "workerId": r.claimed_by, "claimExpiredAt": r.claim_expires_at.isoformat(),
+                      "attempt": r.attempt}
+            self._fail_run(conn, r.run_id, {k: v for k, v in reason.items() if v is not None}, now)
+
+    def _resolve_expired_waits(self, conn: Connection, claimed: Sequence[Any], now: datetime) -> None:
+        """A run resumed while still registered on a wait: its timeout elapsed.
+
+        The timeout is stored as a checkpoint (status ``timeout``) so that every replay
+        of that step raises ``TimeoutError`` the same way.
+        """
+        run_ids = [r.run_id for r in claimed]
+        pending = conn.execute(
+            select(waits.c.run_id, waits.c.step_name, waits.c.task_id, waits.c.queue)
+            .where(waits.c.run_id.in_(run_ids))).all()
+        for w in pending:
+            self._put_checkpoint(conn, w.task_id, w.step_name, None, w.run_id, now,
+                                 status="timeout", queue=w.queue, overwrite=False)
+        if pending:
+            conn.execute(delete(waits).where(waits.c.run_id.in_(run_ids)))
+        conn.execute(update(runs).where(runs.c.run_id.in_(run_ids)).values(wake_step=None))
+
+    @staticmethod
+    def _load_checkpoints(conn: Connection, task_ids: Sequence[str]) -> dict[str, dict[str, tuple[str, Any]]]:
+        out: dict[str, dict[str, tuple[str, Any]]] = {}
+        rows = conn.execute(
+            select(checkpoints.c.task_id, checkpoints.c.checkpoint_name, checkpoints.c.status,
+                   checkpoints.c.state).where(checkpoints.c.task_id.in_(task_ids)))
+        for row in rows:
+            out.setdefault(row.task_id, {})[row.checkpoint_name] = (row.status, row.state)
+        return out
+
+    # ------------------------------------------------------------------ fencing + checkpoints
+
+    def _fence(self, conn: Connection, run_id: str, now: datetime,
+               extend_by: float | None, **values: Any) -> None:
+        """Lock the run if it is still ``running`` (else raise) and extend its lease.
+
+        This is the fencing check: a run that lost its lease was failed by another
+        worker's claim, so the update matches nothing and the write is refused.
+        """
+        if extend_by is not None:
+            values["claim_expires_at"] = case(
+                (runs.c.claim_expires_at.is_(None), null()),
+                else_=bindparam("lease", now + timedelta(seconds=extend_by), type_=runs.c.claim_expires_at.type))
+        elif not values:
+            values["claim_expires_at"] = runs.c.claim_expires_at
+        result = conn.execute(update(runs).where(runs.c.run_id == run_id, _RUNNING_RUN).values(**values))
+        if result.rowcount != 1:
+            self._raise_not_running(conn, run_id)
+
+    @staticmethod
+    def _raise_not_running(conn: Connection, run_id: str) -> None:
+        row = conn.execute(select(runs.c.state, runs.c.queue).where(runs.c.run_id == run_id)).first()
+        if row is None:
+            raise FailedTask(f'Run "{run_id}" not found')
+        if row.state == "cancelled":
+            raise CancelledTask("Task has been cancelled")
+        if row.state == "failed":
+            raise FailedTask(f'Run "{run_id}" has already failed in queue "{row.queue}"')
+        raise FailedTask(f'Run "{run_id}" is not currently running in queue "{row.queue}" '
+                         f"(state {row.state})")
+
+    def _put_checkpoint(self, conn: Connection, task_id: str, name: str, value: Any, run_id: str,
+                        now: datetime, *, status: str = "committed", queue: str,
+                        overwrite: bool = True) -> None:
+        stmt = self._insert(checkpoints).values(
+            task_id=task_id, checkpoint_name=name, queue=queue, state=value, status=status,
+            owner_run_id=run_id, updated_at=now)
+        keys = [checkpoints.c.task_id, checkpoints.c.checkpoint_name]
+        if overwrite:
+            stmt = stmt.on_conflict_do_update(index_elements=keys, set_=dict(
+                state=stmt.excluded.state, status=stmt.excluded.status,
+                owner_run_id=stmt.excluded.owner_run_id, updated_at=stmt.excluded.updated_at))
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+        conn.execute(stmt)
+
+    def set_checkpoint(self, queue: str, task_id: str, run_id: str, name: str, value: Any,
+                       extend_by: float | None) -> None:
+        """Store a step result, fenced on the run and extending its lease."""
+        def txn(conn: Connection) -> None:
+            now = self.now()
+            self._fence(conn, run_id, now, extend_by)
+            self._put_checkpoint(conn, task_id, name, value, run_id, now, queue=queue)
+        self._write(txn)
+
+    def get_checkpoint(self, task_id: str, name: str) -> tuple[str, Any] | None:
+        """``(status, value)`` of one stored step, or None."""
+        def txn(conn: Connection) -> tuple[str, Any] | None:
+            row = conn.execute(select(checkpoints.c.status, checkpoints.c.state).where(
+                checkpoints.c.task_id == task_id, checkpoints.c.checkpoint_name == name)).first()
+            return (row.status, row.state) if row is not None else None
+        return self._read(txn)
+
+    def extend_lease(self, run_id: str, seconds: float) -> None:
+        """Heartbeat: push the lease of a running run to now + ``seconds``."""
+        def txn(conn: Connection) -> None:
+            now = self.now()
+            self._fence(conn, run_id, now, seconds)
+        self._write(txn)
+
+    # ------------------------------------------------------------------ suspend
+
+    def sleep(self, queue: str, task_id: str, run_id: str, step: str, wake_at: datetime,
+              store_checkpoint: bool) -> None:
+        """Suspend the run until ``wake_at`` (storing the wake time as checkpoint ``step``)."""
+        def txn(conn: Connection) -> None:
+            now = self.now()
+            self._fence(conn, run_id, now, None, state="sleeping", available_at=wake_at,
+                        claimed_by=None, claim_expires_at=None, wake_event=None, wake_step=None)
+            if store_checkpoint:
+                self._put_checkpoint(conn, task_id, step, wake_at.isoformat(), run_id, now,
+                                     queue=queue)
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
+        self._write(txn)
+
+    def _suspend_on_wait(self, conn: Connection, queue: str, task_id: str, run_id: str, step: str,
+                         now: datetime, timeout_at: datetime | None, *, event_name: str | None = None,
+                         awaited_task_id: str | None = None) -> None:
+        self._fence(conn, run_id, now, None, state="sleeping", available_at=timeout_at,
+                    claimed_by=None, claim_expires_at=None, wake_event=event_name,
+                    wake_step=step, event_payload=None)
+        conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
+        stmt = self._insert(waits).values(
+            run_id=run_id, step_name=step, queue=queue, task_id=task_id, event_name=event_name,
+            awaited_task_id=awaited_task_id, timeout_at=timeout_at, created_at=now)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[waits.c.run_id, waits.c.step_name],
+            set_=dict(event_name=stmt.excluded.event_name,
+                      awaited_task_id=stmt.excluded.awaited_task_id,
+                      timeout_at=stmt.excluded.timeout_at, created_at=stmt.excluded.created_at)))
+
+    # ------------------------------------------------------------------ events
+
+    def await_event(self, queue: str, task_id: str, run_id: str, step: str, event_name: str,
+                    timeout: float | None) -> tuple[bool, Any]:
+        """Return ``(True, payload)`` if emitted (stored as checkpoint), else suspend: ``(False, None)``."""
+        def txn(conn: Connection) -> tuple[bool, Any]:
+            now = self.now()
+            # Lock order: the event row first. Emit locks it too, so either the emit sees
+            # our wait or we see the emitted payload: no lost wake-up.
+            conn.execute(self._insert(events).values(
+                queue=queue, event_name=event_name, payload=None, emitted_at=None, created_at=now,
+            ).on_conflict_do_nothing(index_elements=[events.c.queue, events.c.event_name]))
+            ev = conn.execute(select(events.c.payload, events.c.emitted_at).where(
+                events.c.queue == queue, events.c.event_name == event_name
+            ).with_for_update(read=True)).one()
+            if ev.emitted_at is not None:
+                self._fence(conn, run_id, now, None)
+                self._put_checkpoint(conn, task_id, step, ev.payload, run_id, now, queue=queue)
+                return True, ev.payload
+            timeout_at = now + timedelta(seconds=timeout) if timeout is not None else None
+            self._suspend_on_wait(conn, queue, task_id, run_id, step, now, timeout_at,
+                                  event_name=event_name)
+            return False, None
+        return self._write(txn)
+
+    def emit_event(self, queue: str, event_name: str, payload: Any) -> bool:
+        """Emit; the first emit per (queue, name) wins and wakes every live waiter."""
+        return self._write(self._emit, queue, event_name, payload)
+
+    def _emit(self, conn: Connection, queue: str, event_name: str, payload: Any) -> bool:
+        now = self.now()
+        stmt = self._insert(events).values(
+            queue=queue, event_name=event_name, payload=payload, emitted_at=now, created_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[events.c.queue, events.c.event_name],
+            set_=dict(payload=stmt.excluded.payload, emitted_at=stmt.excluded.emitted_at),
+            where=events.c.emitted_at.is_(None),
+        ).returning(events.c.event_name)
+        try:
+            won = conn.execute(stmt).first() is not None
+        except IntegrityError as exc:
+            if "foreign key" in str(exc.orig).lower():
+                raise QueueNotFound(f'Queue "{queue}" does not exist') from None
+            raise
+        if not won:
+            return False
+        found = conn.execute(
+            select(waits.c.run_id, waits.c.step_name, waits.c.task_id, waits.c.timeout_at)
+            .where(waits.c.queue == queue, waits.c.event_name == event_name)
+            .order_by(waits.c.run_id)).all()
+        if not found:
+            return True
+        # Waits whose timeout passed are left to resume as timeouts (Absurd's rule).
+        live = [w for w in found if w.timeout_at is None or w.timeout_at > now]
+        conn.execute(delete(waits).where(
+            waits.c.queue == queue, waits.c.event_name == event_name,
+            or_(waits.c.timeout_at.is_(None), waits.c.timeout_at > now)))
+        for w in live:
+            self._wake(conn, queue, w.task_id, w.run_id, w.step_name, payload, now,
+                       event_payload=payload)
+        return True
+
+    def _wake(self, conn: Connection, queue: str, task_id: str, run_id: str, step: str,
+              value: Any, now: datetime, event_payload: Any = None) -> None:
+        woke = conn.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == "sleeping").values(
+            state="pending", available_at=now, wake_event=None, wake_step=None,
+            event_payload=event_payload, claimed_by=None, claim_expires_at=None)).rowcount
+        if woke:
+            self._put_checkpoint(conn, task_id, step, value, run_id, now, queue=queue)
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="pending"))
+
+    # ------------------------------------------------------------------ child tasks
+
+    def await_task(self, queue: str, task_id: str, run_id: str, step: str, child_id: str,
+                   child_queue: str, timeout: float | None) -> TaskResultSnapshot | None:
+        """The child's snapshot if terminal (stored as checkpoint); else suspend and return None."""
+        def txn(conn: Connection) -> TaskResultSnapshot | None:
+            now = self.now()
+            child = conn.execute(
+                select(tasks.c.state, tasks.c.result, tasks.c.last_attempt_run)
+                .where(tasks.c.task_id == child_id, tasks.c.queue == child_queue)
+                .with_for_update(read=True)).first()
+            if child is None:
+                raise TaskNotFound(f'Task "{child_id}" not found in queue "{child_queue}"')
+            if child.state in TERMINAL_STATES:
+                snap = snapshot(child.state, child.result, self._failure_of(conn, child))
+                self._fence(conn, run_id, now, None)
+                self._put_checkpoint(conn, task_id, step, snapshot_to_json(snap), run_id, now,
+                                     queue=queue)
+                return snap
+            timeout_at = now + timedelta(seconds=timeout) if timeout is not None else None
+            self._suspend_on_wait(conn, queue, task_id, run_id, step, now, timeout_at,
+                                  awaited_task_id=child_id)
+            return None
+        return self._write(txn)
+
+    @staticmethod
+    def _failure_of(conn: Connection, task_row: Any) -> Any:
+        if task_row.state != "failed" or task_row.last_attempt_run is None:
+            return None
+        return conn.scalar(select(runs.c.failure).where(runs.c.run_id == task_row.last_attempt_run))
+
+    def _notify_task_finished(self, conn: Connection, task_id: str, snap: TaskResultSnapshot,
+                              now: datetime) -> None:
+        """Wake the parents waiting for ``task_id`` (it just became terminal)."""
+        found = conn.execute(
+            select(waits.c.run_id, waits.c.step_name, waits.c.task_id, waits.c.queue,
+                   waits.c.timeout_at)
+            .where(waits.c.awaited_task_id == task_id).order_by(waits.c.run_id)).all()
+        if not found:
+            return
+        value = snapshot_to_json(snap)
+        live = [w for w in found if w.timeout_at is None or w.timeout_at > now]
+        for w in live:
+            conn.execute(delete(waits).where(waits.c.run_id == w.run_id,
+                                             waits.c.step_name == w.step_name))
+            self._wake(conn, w.queue, w.task_id, w.run_id, w.step_name, value, now)
+
+    # ------------------------------------------------------------------ complete / fail
+
+    def complete_run(self, queue: str, task_id: str, run_id: str, result: Any) -> None:
+        """Mark the run and its task completed (fenced)."""
+        def txn(conn: Connection) -> None:
+            now = self.now()
+            self._fence(conn, run_id, now, None, state="completed", completed_at=now,
+                        result=result)
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
+                state="completed", result=result, completed_at=now, last_attempt_run=run_id,
+                cancel_at=None))
+            self._notify_task_finished(conn, task_id, snapshot("completed", result, None), now)
+        self._write(txn)
+
+    def fail_run(self, run_id: str, failure: Mapping[str, Any], retry_at: datetime | None = None,
+                 *, require_running: bool = True) -> str:
+        """Fail the run; schedule the next attempt, or fail/cancel the task. Returns the task state."""
+        return self._write(self._fail_run, run_id, failure, None, retry_at,
+                           require_running=require_running)
+
+    def _fail_run(self, conn: Connection, run_id: str, failure: Mapping[str, Any],
+                  now: datetime | None, retry_at: datetime | None = None, *,
+                  require_running: bool = False) -> str:
+        now = now or self.now()
+        run = conn.execute(select(runs.c.state, runs.c.task_id, runs.c.attempt, runs.c.queue)
+                           .where(runs.c.run_id == run_id).with_for_update()).first()
+        if run is None:
+            raise FailedTask(f'Run "{run_id}" cannot be failed: not found')
+        if run.state == "cancelled":
+            raise CancelledTask("Task has been cancelled")
+        if run.state == "failed":
+            raise FailedTask(f'Run "{run_id}" has already failed in queue "{run.queue}"')
+        allowed = ("running",) if require_running else ("running", "sleeping")
+        if run.state not in allowed:
+            raise FailedTask(f'Run "{run_id}" cannot be failed in queue "{run.queue}" (state {run.state})')
+        task = conn.execute(
+            select(tasks.c.retry_strategy, tasks.c.max_attempts, tasks.c.first_started_at,
+                   tasks.c.max_duration, tasks.c.attempts, tasks.c.cancelled_at)
+            .where(tasks.c.task_id == run.task_id).with_for_update()).one()
+        conn.execute(update(runs).where(runs.c.run_id == run_id).values(
+            state="failed", failed_at=now, failure=dict(failure), wake_event=None, wake_step=None))
+        conn.execute(delete(waits).where(waits.c.run_id == run_id))
+
+        next_attempt = run.attempt + 1
+        if task.max_attempts is None or next_attempt <= task.max_attempts:
+            due = retry_at or now + timedelta(seconds=retry_delay(task.retry_strategy, run.attempt))
+            due = max(due, now)
+            if (task.max_duration is not None and task.first_started_at is not None
+                    and (due - task.first_started_at).total_seconds() >= task.max_duration):
+                self._finish_task(conn, run.task_id, "cancelled", now, last_run=run_id,
+                                  cancelled_at=task.cancelled_at or now)
+                return "cancelled"
+            new_run = _ids.uuid7(now)
+            state = "sleeping" if due > now else "pending"
+            conn.execute(runs.insert(), dict(
+                run_id=new_run, queue=run.queue, task_id=run.task_id, attempt=next_attempt,
+                state=state, available_at=due, created_at=now))
+            conn.execute(update(tasks).where(tasks.c.task_id == run.task_id).values(
+                state=state, attempts=max(task.attempts, next_attempt), last_attempt_run=new_run))
+            return state
+        self._finish_task(conn, run.task_id, "failed", now, last_run=run_id,
+                          attempts=max(task.attempts, run.attempt), failure=dict(failure))
+        return "failed"
+
+    def _finish_task(self, conn: Connection, task_id: str, state: str, now: datetime, *,
+                     last_run: str, failure: Any = None, **values: Any) -> None:
+        conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
+            state=state, last_attempt_run=last_run, cancel_at=None, **values))
+        self._notify_task_finished(conn, task_id, snapshot(state, None, failure), now)
+
+    def defer_run(self, run_id: str, until: datetime) -> None:
+        """Put a claimed run back to sleep without using an attempt (unknown task name)."""
+        def txn(conn: Connection) -> None:
+            now = self.now()
+            task_id = conn.scalar(select(runs.c.task_id).where(runs.c.run_id == run_id))
+            self._fence(conn, run_id, now, None, state="sleeping", available_at=until,
+                        claimed_by=None, claim_expires_at=None)
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
+        self._write(txn)
+
+    # ------------------------------------------------------------------ cancel / retry
+
+    def cancel_task(self, queue: str, task_id: str) -> None:
+        """Cancel a live task (no-op when terminal)."""
+        def txn(conn: Connection) -> None:
+            self._cancel(conn, queue, task_id, self.now())
+        self._write(txn)
+
+    def _cancel(self, conn: Connection, queue: str, task_id: str, now: datetime) -> None:
+        # Runs before the task row: the lock order complete_run and fail_run follow.
+        live_runs = conn.scalars(select(runs.c.run_id).where(runs.c.task_id == task_id, _LIVE_RUN)
+                                 .order_by(runs.c.run_id).with_for_update()).all()
+        task = conn.execute(select(tasks.c.state, tasks.c.cancelled_at).where(
+            tasks.c.task_id == task_id, tasks.c.queue == queue).with_for_update()).first()
+        if task is None:
+            raise TaskNotFound(f'Task "{task_id}" not found in queue "{queue}"')
+        if task.state in TERMINAL_STATES:
+            return
+        if live_runs:
+            conn.execute(update(runs).where(runs.c.run_id.in_(live_runs)).values(
+                state="cancelled", claimed_by=None, claim_expires_at=None))
+        conn.execute(delete(waits).where(waits.c.task_id == task_id))
+        conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
+            state="cancelled", cancelled_at=task.cancelled_at or now, cancel_at=None))
+        self._notify_task_finished(conn, task_id, snapshot("cancelled", None, None), now)
+
+    def retry_task(self, queue: str, task_id: str, max_attempts: int | None,
+                   spawn_new: bool) -> RetryTaskResult:
+        """Retry a failed task in place (new run, checkpoints kept) or as a new task."""
+        def txn(conn: Connection) -> RetryTaskResult:
+            now = self.now()
+            task = conn.execute(select(tasks).where(
+                tasks.c.task_id == task_id, tasks.c.queue == queue).with_for_update()).first()
+            if task is None:
+                raise TaskNotFound(f'Task "{task_id}" not found in queue "{queue}"')
+            if task.state != "failed":
+                raise InvalidTaskState(
+                    f'Task "{task_id}" is not currently failed in queue "{queue}" (state {task.state})')
+            if spawn_new:
+                res = self._spawn(
+                    conn, queue, task.task_name, task.params, headers=task.headers,
+                    retry_strategy=task.retry_strategy,
+                    max_attempts=max_attempts if max_attempts is not None else task.max_attempts,
+                    cancellation=cancellation_dict(task.max_delay, task.max_duration))
+                return RetryTaskResult(res.task_id, res.run_id, res.attempt, True)
+            wanted = max_attempts if max_attempts is not None else (
+                (task.max_attempts if task.max_attempts is not None else task.attempts) + 1)
+            if wanted <= task.attempts:
+                raise InvalidTaskState(
+                    f"max_attempts ({wanted}) must be greater than current attempts ({task.attempts})")
+            attempt = task.attempts + 1
+            new_run = _ids.uuid7(now)
+            conn.execute(runs.insert(), dict(
+                run_id=new_run, queue=queue, task_id=task_id, attempt=attempt, state="pending",
+                available_at=now, created_at=now))
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
+                state="pending", attempts=attempt, max_attempts=wanted, last_attempt_run=new_run,
+                cancelled_at=None))
+            return RetryTaskResult(task_id, new_run, attempt, False)
+        return self._write(txn)
+
+    # ------------------------------------------------------------------ inspection
+
+    def task_result(self, queue: str, task_id: str) -> TaskResultSnapshot | None:
+        """The task's state with its result or failure; None if unknown."""
+        def txn(conn: Connection) -> TaskResultSnapshot | None:
+            row = conn.execute(
+                select(tasks.c.state, tasks.c.result, runs.c.failure)
+                .select_from(tasks.outerjoin(runs, runs.c.run_id == tasks.c.last_attempt_run))
+                .where(tasks.c.task_id == task_id, tasks.c.queue == queue)).first()
+            return None if row is None else snapshot(row.state, row.result, row.failure)
+        return self._read(txn)
+
+    def get_task(self, queue: str, task_id: str) -> TaskInfo | None:
+        """One task with its runs (attempt order) and checkpoints."""
+        def txn(conn: Connection) -> TaskInfo | None:
+            row = conn.execute(select(tasks).where(
+                tasks.c.task_id == task_id, tasks.c.queue == queue)).first()
+            if row is None:
+                return None
+            run_rows = [run_info(r) for r in conn.execute(
+                select(runs).where(runs.c.task_id == task_id).order_by(runs.c.attempt, runs.c.run_id))]
+            stored = {r.checkpoint_name: r.state for r in conn.execute(
+                select(checkpoints.c.checkpoint_name, checkpoints.c.state)
+                .where(checkpoints.c.task_id == task_id, checkpoints.c.status == "committed")
+                .order_by(checkpoints.c.updated_at, checkpoints.c.checkpoint_name))}
+            failure = next((r.failure for r in run_rows if r.run_id == row.last_attempt_run), None)
+            return task_info(row, failure, run_rows, stored)
+        return self._read(txn)
+
+    def list_tasks(self, queue: str | None, *, state: str | None, task_name: str | None,
+                   limit: int, before_task_id: str | None = None) -> list[TaskInfo]:
+        """Tasks newest first (by id), without runs or checkpoints."""
+        def txn(conn: Connection) -> list[TaskInfo]:
+            stmt = (select(tasks, runs.c.failure)
+                    .select_from(tasks.outerjoin(runs, runs.c.run_id == tasks.c.last_attempt_run))
+                    .order_by(tasks.c.task_id.desc()).limit(limit))
+            if queue is not None:
+                stmt = stmt.where(tasks.c.queue == queue)
+            if state is not None:
+                stmt = stmt.where(tasks.c.state == state)
+            if task_name is not None:
+                stmt = stmt.where(tasks.c.task_name == task_name)
+            if before_task_id is not None:
+                stmt = stmt.where(tasks.c.task_id < before_task_id)
+            return [task_info(r, r.failure, [], {}) for r in conn.execute(stmt)]
+        return self._read(txn)
+
+    def count_tasks(self, queue: str | None = None) -> dict[str, int]:
+        """Number of tasks per state."""
+        def txn(conn: Connection) -> dict[str, int]:
+            stmt = select(tasks.c.state, func.count()).group_by(tasks.c.state)
+            if queue is not None:
+                stmt = stmt.where(tasks.c.queue == queue)
+            return {state: n for state, n in conn.execute(stmt)}
+        return self._read(txn)
+
+    def spawn_child(self, queue: str, task_id: str, run_id: str, step: str, child_queue: str,
+                    task_name: str, params: Any, options: Mapping[str, Any]) -> SpawnResult:
+        """Spawn a child and store its ids as checkpoint ``step``, atomically (fenced)."""
+        def txn(conn: Connection) -> SpawnResult:
+            now = self.now()
+            self._fence(conn, run_id, now, None)
+            res = self._spawn(conn, child_queue, task_name, params, **options)
+            self._put_checkpoint(conn, task_id, step, {
+                "task_id": res.task_id, "run_id": res.run_id, "attempt": res.attempt,
+                "created": res.created, "queue": child_queue}, run_id, now, queue=queue)
+            return res
+        return self._write(txn)
+
+
+__all__ = ["Repository", "LIVE_STATES", "CLAIM_TIMEOUT_FAILURE"]
