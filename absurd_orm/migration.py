@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import inspect, select, table, column
+from sqlalchemy import column, inspect, select, table
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import SchemaOutOfDate
@@ -28,7 +28,7 @@ __all__ = [
     "versions_dir",
     "alembic_config",
     "upgrade",
-    "current_revisions",
+    "current_revision",
     "check_schema",
 ]
 
@@ -39,7 +39,8 @@ REVISIONS = ("absurd_0001_initial",)
 BRANCH_LABEL = "absurd"
 #: The version table of absurd-orm's own Alembic environment.
 VERSION_TABLE = "absurd_alembic_version"
-HOST_VERSION_TABLE = "alembic_version"
+#: The one-row table each revision updates with its own id (see check_schema).
+SCHEMA_TABLE = "absurd_schema_version"
 
 
 def script_location() -> Path:
@@ -81,27 +82,26 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
         command.upgrade(alembic_config(conn), revision)
 
 
-def current_revisions(conn: Connection) -> tuple[set[str], set[str]]:
-    """absurd revisions recorded in our version table and in a host's ``alembic_version``."""
-    names = set(inspect(conn).get_table_names())
-    found: list[set[str]] = []
-    for name in (VERSION_TABLE, HOST_VERSION_TABLE):
-        if name in names:
-            rows = conn.execute(select(column("version_num")).select_from(table(name))).scalars()
-            found.append({r for r in rows if r in REVISIONS})
-        else:
-            found.append(set())
-    return found[0], found[1]
+def current_revision(conn: Connection) -> str | None:
+    """The absurd-orm revision recorded in the database, or None when not installed."""
+    if SCHEMA_TABLE not in inspect(conn).get_table_names():
+        return None
+    rows = conn.execute(select(column("revision")).select_from(table(SCHEMA_TABLE))).scalars().all()
+    return rows[0] if len(rows) == 1 else None
 
 
 def check_schema(engine: Engine) -> None:
     """Raise :class:`SchemaOutOfDate` unless the database is at :data:`SCHEMA_HEAD`."""
     with engine.connect() as conn:
-        ours, host = current_revisions(conn)
-    if SCHEMA_HEAD in ours or SCHEMA_HEAD in host:
+        found = current_revision(conn)
+    if found == SCHEMA_HEAD:
         return
     url = engine.url.render_as_string(hide_password=True)
-    state = f"at {sorted(ours | host)[-1]}" if ours or host else "not installed"
+    if found is not None and found not in REVISIONS:
+        raise SchemaOutOfDate(
+            f"absurd-orm's schema in {url} is at {found}, which this version of absurd-orm "
+            f"does not know (it needs {SCHEMA_HEAD}): upgrade the absurd-orm package.")
+    state = f"at {found}" if found else "not installed"
     raise SchemaOutOfDate(
         f"absurd-orm's schema is {state} in {url} (this version needs {SCHEMA_HEAD}). "
         f"Run `absurd-orm migrate --url '{url}'` or call Engine.migrate(); if your own Alembic "

@@ -20,9 +20,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Float,
     ForeignKey,
     Index,
+    false,
     Integer,
     MetaData,
     String,
@@ -33,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .sqltypes import IdType, JSONType, UTCDateTime
 
-__all__ = ["metadata", "Base", "Queue", "Task", "Run", "Checkpoint", "Event", "Wait"]
+__all__ = ["metadata", "Base", "Queue", "Task", "Run", "Checkpoint", "Event", "Wait", "SchemaVersion"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -90,6 +92,8 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False)
     last_attempt_run: Mapped[str | None] = mapped_column(IdType, nullable=True)
     result: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # Set once another task awaits this one, so finishing only looks for waiters then.
+    has_waiters: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
     enqueued_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     first_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -118,6 +122,9 @@ class Run(Base):
     task_id: Mapped[str] = mapped_column(IdType, nullable=False)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     state: Mapped[str] = mapped_column(String(16), nullable=False)
+    # How often this run was claimed: 1 on an attempt's first execution, when no
+    # checkpoint can exist yet for a first attempt (the claim skips loading them).
+    claim_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     claimed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     available_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -202,9 +209,18 @@ class Wait(Base):
     )
 
 
+class SchemaVersion(Base):
+    """One row: the absurd-orm revision the schema is at, whichever Alembic history ran it."""
+
+    __tablename__ = "absurd_schema_version"
+
+    revision: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
 queues = Queue.__table__
 tasks = Task.__table__
 runs = Run.__table__
 checkpoints = Checkpoint.__table__
 events = Event.__table__
 waits = Wait.__table__
+schema_version = SchemaVersion.__table__

@@ -43,7 +43,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    literal_column,
     null,
     or_,
     select,
@@ -53,6 +52,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import _ids
+from ._statements import CLAIMABLE_RUN as _CLAIMABLE_RUN
+from ._statements import LIVE_RUN as _LIVE_RUN
+from ._statements import LIVE_STATES
+from ._statements import RUNNING_RUN as _RUNNING_RUN
+from ._statements import Statements
 from ._records import cancellation_dict, run_info, snapshot, snapshot_to_json, task_info
 from .clock import Clock
 from .dialects import DialectStrategy
@@ -76,11 +80,6 @@ from .types import (
 
 T = TypeVar("T")
 
-LIVE_STATES = ("pending", "running", "sleeping")
-# Literal SQL (not bound parameters) so that the planners match the partial indexes.
-_LIVE_RUN = runs.c.state.in_([literal_column(f"'{s}'") for s in LIVE_STATES])
-_CLAIMABLE_RUN = runs.c.state.in_([literal_column("'pending'"), literal_column("'sleeping'")])
-_RUNNING_RUN = runs.c.state == literal_column("'running'")
 
 CLAIM_TIMEOUT_FAILURE = "$ClaimTimeout"
 
@@ -95,25 +94,58 @@ class Repository:
         self.strategy = strategy
         self.clock = clock
         self._insert = strategy.insert
+        self.sql = Statements(engine.dialect, strategy)
+        # Connections kept checked out between transactions: a pool checkout and return
+        # per transaction costs as much as the statements of a checkpoint write.
+        self._idle: dict[str, list[Connection]] = {"write": [], "read": []}
+        self._options = {"write": strategy.write_options, "read": strategy.read_options}
+        self._closed = False
+
+    def close(self) -> None:
+        """Return every kept connection to the pool."""
+        self._closed = True
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
 
     # ------------------------------------------------------------------ transactions
 
     def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._retrying(self.strategy.write_transaction, fn, args, kwargs)
+        return self._retrying("write", fn, args, kwargs)
 
     def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._retrying(self.strategy.read_transaction, fn, args, kwargs)
+        return self._retrying("read", fn, args, kwargs)
 
-    def _retrying(self, txn: Callable[[Engine], Any], fn: Callable[..., T],
-                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    def _retrying(self, kind: str, fn: Callable[..., T], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> T:
         delay = 0.002
+        idle = self._idle[kind]
         for attempt in range(self.max_transient_retries + 1):
             try:
-                with txn(self.engine) as conn:
-                    return fn(conn, *args, **kwargs)
+                conn = idle.pop()
+            except IndexError:
+                conn = self.engine.connect()
+                conn.execution_options(**self._options[kind])
+            try:
+                with conn.begin():
+                    result = fn(conn, *args, **kwargs)
             except DBAPIError as exc:
-                if attempt >= self.max_transient_retries or not self.strategy.is_transient(exc):
+                transient = self.strategy.is_transient(exc)
+                if transient and not conn.invalidated:
+                    idle.append(conn)
+                else:
+                    conn.close()  # possibly broken: never reuse it
+                if attempt >= self.max_transient_retries or not transient:
                     raise
+            except BaseException:
+                idle.append(conn)
+                raise
+            else:
+                if self._closed:
+                    conn.close()
+                else:
+                    idle.append(conn)
+                return result
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
@@ -178,7 +210,7 @@ class Repository:
         )
         try:
             if idempotency_key is None:
-                conn.execute(tasks.insert(), values)
+                self.sql.insert_task.rowcount(conn, {f"b_{k}": v for k, v in values.items()})
             else:
                 stmt = (self._insert(tasks).values(**values)
                         .on_conflict_do_nothing(index_elements=[tasks.c.queue, tasks.c.idempotency_key])
@@ -194,9 +226,9 @@ class Repository:
                 raise QueueNotFound(
                     f'Queue "{queue}" does not exist (create it with create_queue)') from None
             raise
-        conn.execute(runs.insert(), dict(
-            run_id=run_id, queue=queue, task_id=task_id, attempt=1, state="pending",
-            available_at=now, created_at=now))
+        self.sql.insert_run.rowcount(conn, dict(
+            b_run_id=run_id, b_queue=queue, b_task_id=task_id, b_attempt=1, b_state="pending",
+            b_available_at=now, b_created_at=now))
         return SpawnResult(task_id, run_id, 1, True)
 
     # ------------------------------------------------------------------ claim
@@ -208,64 +240,39 @@ class Repository:
     def _claim(self, conn: Connection, queue: str, worker_id: str, claim_timeout: float,
                limit: int) -> list[ClaimedTask]:
         now = self.now()
-        self._apply_cancellation_policies(conn, queue, now)
-        self._expire_leases(conn, queue, now, limit)
-
+        sql = self.sql
+        if sql.sweep_due.first(conn, {"b_queue": queue, "b_now": now}).due:
+            self._apply_cancellation_policies(conn, queue, now)
+            self._expire_leases(conn, queue, now, limit)
         lease_until = now + timedelta(seconds=claim_timeout) if claim_timeout > 0 else None
-        candidates = (
-            select(runs.c.run_id)
-            .where(runs.c.queue == queue, _CLAIMABLE_RUN, runs.c.available_at <= now)
-            .order_by(runs.c.available_at, runs.c.run_id)
-            .limit(limit)
-        )
-        upd = (update(runs)
-               .values(state="running", claimed_by=worker_id, claim_expires_at=lease_until,
-                       started_at=now, available_at=now)
-               .returning(runs.c.run_id, runs.c.task_id, runs.c.attempt, runs.c.wake_event,
-                          runs.c.wake_step, runs.c.event_payload))
-        claimed = conn.execute(self.strategy.claim_statement(candidates, upd)).all()
+        claimed = sql.claim_runs.all(conn, {"b_queue": queue, "b_now": now, "b_limit": limit,
+                                            "b_worker": worker_id, "b_lease": lease_until})
         if not claimed:
             return []
         claimed.sort(key=lambda r: r.run_id)
-        task_ids = [r.task_id for r in claimed]
-        task_rows = {r.task_id: r for r in conn.execute(
-            select(tasks.c.task_id, tasks.c.task_name, tasks.c.params, tasks.c.headers,
-                   tasks.c.retry_strategy, tasks.c.max_attempts, tasks.c.max_duration,
-                   tasks.c.first_started_at, tasks.c.cancel_at, tasks.c.attempts)
-            .where(tasks.c.task_id.in_(task_ids)))}
-        conn.execute(
-            update(tasks).where(tasks.c.task_id == bindparam("b_task_id")).values(
-                state="running", attempts=bindparam("b_attempts"),
-                first_started_at=bindparam("b_first_started_at"),
-                last_attempt_run=bindparam("b_run_id"), cancel_at=bindparam("b_cancel_at")),
-            [self._claimed_task_values(task_rows[r.task_id], r, now) for r in claimed])
-
-        woke_from_wait = [r for r in claimed if r.wake_step is not None]
-        if woke_from_wait:
-            self._resolve_expired_waits(conn, woke_from_wait, now)
-        stored = self._load_checkpoints(conn, task_ids)
         out = []
         for r in claimed:
-            t = task_rows[r.task_id]
+            t = sql.claim_task.first(conn, {"b_task_id": r.task_id, "b_attempt": r.attempt,
+                                            "b_now": now, "b_run_id": r.run_id})
+            # A first attempt's first claim is the task's first start: no checkpoint can
+            # exist yet, and a max_duration policy starts counting now.
+            first_start = r.attempt == 1 and r.claim_count == 1
+            if first_start and t.max_duration:
+                conn.execute(update(tasks).where(tasks.c.task_id == r.task_id).values(
+                    cancel_at=now + timedelta(seconds=t.max_duration)))
+            stored: dict[str, tuple[str, Any]] = {}
+            if not first_start:
+                if r.wake_step is not None:
+                    self._resolve_expired_wait(conn, r.run_id, now)
+                stored = {c.checkpoint_name: (c.status, c.state)
+                          for c in sql.task_checkpoints.all(conn, {"b_task_id": r.task_id})}
             out.append(ClaimedTask(
                 run_id=r.run_id, task_id=r.task_id, task_name=t.task_name, attempt=r.attempt,
                 params=t.params, headers=t.headers, retry_strategy=t.retry_strategy,
                 max_attempts=t.max_attempts, wake_event=r.wake_event,
                 event_payload=r.event_payload, queue_name=queue,
-                claim_expires_at=lease_until, wake_step=r.wake_step,
-                checkpoints=stored.get(r.task_id, {})))
+                claim_expires_at=lease_until, wake_step=r.wake_step, checkpoints=stored))
         return out
-
-    @staticmethod
-    def _claimed_task_values(t: Any, r: Any, now: datetime) -> dict[str, Any]:
-        first_start = t.first_started_at is None
-        if first_start:
-            cancel_at = now + timedelta(seconds=t.max_duration) if t.max_duration else None
-        else:
-            cancel_at = t.cancel_at
-        return dict(b_task_id=r.task_id, b_attempts=max(t.attempts, r.attempt),
-                    b_first_started_at=now if first_start else t.first_started_at,
-                    b_run_id=r.run_id, b_cancel_at=cancel_at)
 
     def _apply_cancellation_policies(self, conn: Connection, queue: str, now: datetime) -> None:
         due = conn.scalars(
@@ -289,32 +296,21 @@ class Repository:
                       "attempt": r.attempt}
             self._fail_run(conn, r.run_id, {k: v for k, v in reason.items() if v is not None}, now)
 
-    def _resolve_expired_waits(self, conn: Connection, claimed: Sequence[Any], now: datetime) -> None:
+    def _resolve_expired_wait(self, conn: Connection, run_id: str, now: datetime) -> None:
         """A run resumed while still registered on a wait: its timeout elapsed.
 
         The timeout is stored as a checkpoint (status ``timeout``) so that every replay
         of that step raises ``TimeoutError`` the same way.
         """
-        run_ids = [r.run_id for r in claimed]
         pending = conn.execute(
-            select(waits.c.run_id, waits.c.step_name, waits.c.task_id, waits.c.queue)
-            .where(waits.c.run_id.in_(run_ids))).all()
+            select(waits.c.step_name, waits.c.task_id, waits.c.queue)
+            .where(waits.c.run_id == run_id)).all()
         for w in pending:
-            self._put_checkpoint(conn, w.task_id, w.step_name, None, w.run_id, now,
+            self._put_checkpoint(conn, w.task_id, w.step_name, None, run_id, now,
                                  status="timeout", queue=w.queue, overwrite=False)
         if pending:
-            conn.execute(delete(waits).where(waits.c.run_id.in_(run_ids)))
-        conn.execute(update(runs).where(runs.c.run_id.in_(run_ids)).values(wake_step=None))
-
-    @staticmethod
-    def _load_checkpoints(conn: Connection, task_ids: Sequence[str]) -> dict[str, dict[str, tuple[str, Any]]]:
-        out: dict[str, dict[str, tuple[str, Any]]] = {}
-        rows = conn.execute(
-            select(checkpoints.c.task_id, checkpoints.c.checkpoint_name, checkpoints.c.status,
-                   checkpoints.c.state).where(checkpoints.c.task_id.in_(task_ids)))
-        for row in rows:
-            out.setdefault(row.task_id, {})[row.checkpoint_name] = (row.status, row.state)
-        return out
+            conn.execute(delete(waits).where(waits.c.run_id == run_id))
+        conn.execute(update(runs).where(runs.c.run_id == run_id).values(wake_step=None))
 
     # ------------------------------------------------------------------ fencing + checkpoints
 
@@ -364,12 +360,26 @@ class Repository:
 
     def set_checkpoint(self, queue: str, task_id: str, run_id: str, name: str, value: Any,
                        extend_by: float | None) -> None:
-        """Store a step result, fenced on the run and extending its lease."""
+        """Store a step result, fenced on the run; optionally extend its lease."""
         def txn(conn: Connection) -> None:
             now = self.now()
-            self._fence(conn, run_id, now, extend_by)
-            self._put_checkpoint(conn, task_id, name, value, run_id, now, queue=queue)
+            self._fence_fast(conn, run_id, now, extend_by)
+            self.sql.put_checkpoint.rowcount(conn, {
+                "b_task_id": task_id, "b_name": name, "b_queue": queue, "b_state": value,
+                "b_run_id": run_id, "b_now": now})
         self._write(txn)
+
+    def _fence_fast(self, conn: Connection, run_id: str, now: datetime,
+                    extend_by: float | None) -> None:
+        """Refuse unless the run is still running (locking it), extending the lease if asked."""
+        if extend_by is not None:
+            ok = self.sql.extend_lease.rowcount(conn, {
+                "b_run_id": run_id, "b_lease": now + timedelta(seconds=extend_by)}) == 1
+        else:
+            row = self.sql.run_state_locked.first(conn, {"b_run_id": run_id})
+            ok = row is not None and row.state == "running"
+        if not ok:
+            self._raise_not_running(conn, run_id)
 
     def get_checkpoint(self, task_id: str, name: str) -> tuple[str, Any] | None:
         """``(status, value)`` of one stored step, or None."""
@@ -382,8 +392,7 @@ class Repository:
     def extend_lease(self, run_id: str, seconds: float) -> None:
         """Heartbeat: push the lease of a running run to now + ``seconds``."""
         def txn(conn: Connection) -> None:
-            now = self.now()
-            self._fence(conn, run_id, now, seconds)
+            self._fence_fast(conn, run_id, self.now(), seconds)
         self._write(txn)
 
     # ------------------------------------------------------------------ suspend
@@ -495,10 +504,12 @@ class Repository:
         """The child's snapshot if terminal (stored as checkpoint); else suspend and return None."""
         def txn(conn: Connection) -> TaskResultSnapshot | None:
             now = self.now()
+            # Flagging the child also locks its row: its completion either sees our
+            # wait, or has committed and we see its terminal state.
             child = conn.execute(
-                select(tasks.c.state, tasks.c.result, tasks.c.last_attempt_run)
-                .where(tasks.c.task_id == child_id, tasks.c.queue == child_queue)
-                .with_for_update(read=True)).first()
+                update(tasks).where(tasks.c.task_id == child_id, tasks.c.queue == child_queue)
+                .values(has_waiters=True)
+                .returning(tasks.c.state, tasks.c.result, tasks.c.last_attempt_run)).first()
             if child is None:
                 raise TaskNotFound(f'Task "{child_id}" not found in queue "{child_queue}"')
             if child.state in TERMINAL_STATES:
@@ -541,12 +552,13 @@ class Repository:
         """Mark the run and its task completed (fenced)."""
         def txn(conn: Connection) -> None:
             now = self.now()
-            self._fence(conn, run_id, now, None, state="completed", completed_at=now,
-                        result=result)
-            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
-                state="completed", result=result, completed_at=now, last_attempt_run=run_id,
-                cancel_at=None))
-            self._notify_task_finished(conn, task_id, snapshot("completed", result, None), now)
+            if self.sql.complete_run.rowcount(conn, {"b_run_id": run_id, "b_now": now,
+                                                     "b_result": result}) != 1:
+                self._raise_not_running(conn, run_id)
+            row = self.sql.complete_task.first(conn, {"b_task_id": task_id, "b_result": result,
+                                                      "b_now": now, "b_run_id": run_id})
+            if row.has_waiters:
+                self._notify_task_finished(conn, task_id, snapshot("completed", result, None), now)
         self._write(txn)
 
     def fail_run(self, run_id: str, failure: Mapping[str, Any], retry_at: datetime | None = None,
@@ -601,9 +613,11 @@ class Repository:
 
     def _finish_task(self, conn: Connection, task_id: str, state: str, now: datetime, *,
                      last_run: str, failure: Any = None, **values: Any) -> None:
-        conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
-            state=state, last_attempt_run=last_run, cancel_at=None, **values))
-        self._notify_task_finished(conn, task_id, snapshot(state, None, failure), now)
+        waited = conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
+            state=state, last_attempt_run=last_run, cancel_at=None, **values,
+        ).returning(tasks.c.has_waiters)).scalar_one()
+        if waited:
+            self._notify_task_finished(conn, task_id, snapshot(state, None, failure), now)
 
     def defer_run(self, run_id: str, until: datetime) -> None:
         """Put a claimed run back to sleep without using an attempt (unknown task name)."""
@@ -637,9 +651,11 @@ class Repository:
             conn.execute(update(runs).where(runs.c.run_id.in_(live_runs)).values(
                 state="cancelled", claimed_by=None, claim_expires_at=None))
         conn.execute(delete(waits).where(waits.c.task_id == task_id))
-        conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
-            state="cancelled", cancelled_at=task.cancelled_at or now, cancel_at=None))
-        self._notify_task_finished(conn, task_id, snapshot("cancelled", None, None), now)
+        waited = conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
+            state="cancelled", cancelled_at=task.cancelled_at or now, cancel_at=None,
+        ).returning(tasks.c.has_waiters)).scalar_one()
+        if waited:
+            self._notify_task_finished(conn, task_id, snapshot("cancelled", None, None), now)
 
     def retry_task(self, queue: str, task_id: str, max_attempts: int | None,
                    spawn_new: bool) -> RetryTaskResult:

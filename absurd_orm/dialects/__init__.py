@@ -32,6 +32,9 @@ class DialectStrategy(Protocol):
     name: ClassVar[str]
     #: Several connections may claim at once without blocking each other (row locks).
     concurrent_claims: ClassVar[bool]
+    #: Execution options of connections used for writing / for reading only.
+    write_options: dict[str, Any]
+    read_options: dict[str, Any]
 
     def configure_engine(self, engine: Engine) -> None:
         """Install per-connection settings on ``engine`` (idempotent)."""

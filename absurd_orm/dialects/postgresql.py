@@ -33,6 +33,10 @@ class PostgreSQLStrategy:
     name: ClassVar[str] = "postgresql"
     concurrent_claims: ClassVar[bool] = True
 
+    def __init__(self) -> None:
+        self.write_options: dict[str, Any] = {}
+        self.read_options: dict[str, Any] = {}
+
     def configure_engine(self, engine: Engine) -> None:
         """Nothing to install: PostgreSQL's defaults suit us."""
 

@@ -69,6 +69,8 @@ class SQLiteStrategy:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
         self.synchronous = synchronous.upper()
+        self.write_options = {_BEGIN_OPTION: "IMMEDIATE"}
+        self.read_options: dict[str, Any] = {}
 
     def configure_engine(self, engine: Engine) -> None:
         """Install the connect/begin listeners once per engine."""

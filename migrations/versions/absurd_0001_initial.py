@@ -31,6 +31,14 @@ def _partial(predicate: str) -> dict[str, object]:
 
 
 def upgrade() -> None:
+    # Read by absurd-orm's schema check: it works whichever Alembic history ran us
+    # (a host revision with depends_on records only its own id in alembic_version).
+    version = op.create_table(
+        "absurd_schema_version",
+        sa.Column("revision", sa.String(32), nullable=False),
+        sa.PrimaryKeyConstraint("revision", name="pk_absurd_schema_version"),
+    )
+    op.bulk_insert(version, [{"revision": revision}])
     op.create_table(
         "absurd_queues",
         sa.Column("queue_name", _QUEUE, nullable=False),
@@ -54,6 +62,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_attempt_run", _ID, nullable=True),
         sa.Column("result", _JSON, nullable=True),
+        sa.Column("has_waiters", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("enqueued_at", _TS, nullable=False),
         sa.Column("first_started_at", _TS, nullable=True),
         sa.Column("completed_at", _TS, nullable=True),
@@ -74,6 +83,7 @@ def upgrade() -> None:
         sa.Column("task_id", _ID, nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("claim_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("claimed_by", _NAME, nullable=True),
         sa.Column("claim_expires_at", _TS, nullable=True),
         sa.Column("available_at", _TS, nullable=True),
@@ -135,5 +145,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for name in ("absurd_waits", "absurd_events", "absurd_checkpoints", "absurd_runs",
-                 "absurd_tasks", "absurd_queues"):
+                 "absurd_tasks", "absurd_queues", "absurd_schema_version"):
         op.drop_table(name)
