@@ -455,3 +455,46 @@ def test_validation_errors_are_absurd_errors(engine: Engine, call) -> None:
     with pytest.raises(ValueError) as err:
         call(engine)
     assert isinstance(err.value, absurd_orm.AbsurdError)
+
+
+def test_idempotent_spawn_returns_latest_run_and_attempt(engine: Engine) -> None:
+    @engine.register_task(name="flaky")
+    def flaky(params, ctx):
+        raise RuntimeError("again")
+
+    first = engine.spawn("flaky", {}, idempotency_key="k", max_attempts=3)
+    engine.work_batch()  # attempt 1 fails, attempt 2 is scheduled
+    again = engine.spawn("flaky", {}, idempotency_key="k")
+    info = engine.get_task(first.task_id)
+    assert again.created is False
+    assert again.task_id == first.task_id
+    assert again.attempt == 2
+    assert again.run_id == info.runs[1].run_id != first.run_id
+
+
+def test_wrap_task_execution_sees_suspension(sa_engine: sa.Engine, engine: Engine, clock) -> None:
+    outcomes = []
+
+    def wrap(ctx, execute):
+        try:
+            return execute()
+        except BaseException as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+
+    hooked = Engine(sa_engine, clock=clock, hooks={"wrap_task_execution": wrap})
+    try:
+        @hooked.register_task(name="job")
+        def job(params, ctx):
+            return ctx.await_event("go")
+
+        res = hooked.spawn("job", {})
+        hooked.work_batch()
+        assert outcomes == ["SuspendTask"]
+        assert hooked.fetch_task_result(res.task_id).state == "sleeping"
+        hooked.emit_event("go", 1)
+        hooked.work_batch()
+        assert hooked.fetch_task_result(res.task_id).result == 1
+        assert outcomes == ["SuspendTask"]
+    finally:
+        hooked.close()

@@ -399,3 +399,40 @@ def test_blank_step_name_is_value_error(engine: Engine, name: str) -> None:
     engine.spawn("job", {})
     engine.work_batch()
     assert len(caught) == 1
+
+
+def test_step_returning_none_is_stored_and_not_rerun(engine: Engine) -> None:
+    calls = []
+
+    @engine.register_task(name="job")
+    def job(params, ctx):
+        value = ctx.step("nothing", lambda: calls.append(1))
+        ctx.await_event("go")
+        return {"value": value}
+
+    res = engine.spawn("job", {})
+    engine.work_batch()
+    assert engine.get_task(res.task_id).checkpoints == {"nothing": None}
+    engine.emit_event("go")
+    engine.work_batch()
+    assert engine.fetch_task_result(res.task_id).result == {"value": None}
+    assert calls == [1]
+
+
+def test_name_counter_is_shared_by_steps_sleeps_and_waits(engine: Engine) -> None:
+    @engine.register_task(name="job")
+    def job(params, ctx):
+        ctx.step("x", lambda: "step")
+        ctx.sleep_for("x", 0)
+        ctx.await_event("go", step_name="x")
+        return ctx.step("x", lambda: "last")
+
+    res = engine.spawn("job", {})
+    engine.emit_event("go", "ev")
+    assert engine.work_batch() == 1
+    assert engine.fetch_task_result(res.task_id).result == "last"
+    checkpoints = engine.get_task(res.task_id).checkpoints
+    assert set(checkpoints) == {"x", "x#2", "x#3", "x#4"}
+    assert checkpoints["x"] == "step"
+    assert checkpoints["x#3"] == "ev"
+    assert checkpoints["x#4"] == "last"
