@@ -11,7 +11,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .errors import NotJSONSerializable
+from .errors import NotJSONSerializable, ValidationError
 
 MAX_QUEUE_NAME_BYTES = 57
 MAX_NAME_LENGTH = 255
@@ -24,53 +24,53 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 def queue_name(name: Any) -> str:
     """Validate a queue name: a non-empty string of at most 57 UTF-8 bytes."""
     if not isinstance(name, str):
-        raise ValueError(f"Queue name must be a string, got {type(name).__name__}")
+        raise ValidationError(f"Queue name must be a string, got {type(name).__name__}")
     if name == "":
-        raise ValueError("Queue name must be provided (empty string given)")
+        raise ValidationError("Queue name must be provided (empty string given)")
     if len(name.encode("utf-8")) > MAX_QUEUE_NAME_BYTES:
-        raise ValueError(
+        raise ValidationError(
             f"Queue name {name[:20]!r}... is too long (max {MAX_QUEUE_NAME_BYTES} bytes)."
         )
     if "\x00" in name:
-        raise ValueError("Queue name must not contain NUL characters")
+        raise ValidationError("Queue name must not contain NUL characters")
     return name
 
 
 def name(value: Any, what: str) -> str:
     """Validate a task, event, step or worker name: non-blank text of bounded length."""
     if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise ValueError(f"{what} must be a non-empty string")
+        raise ValidationError(f"{what} must be a non-empty string")
     if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is too long ({len(value)} > {MAX_NAME_LENGTH} characters)")
+        raise ValidationError(f"{what} is too long ({len(value)} > {MAX_NAME_LENGTH} characters)")
     if "\x00" in value:
-        raise ValueError(f"{what} must not contain NUL characters")
+        raise ValidationError(f"{what} must not contain NUL characters")
     return value
 
 
 def seconds(value: Any, what: str, *, allow_zero: bool = True) -> float:
     """Validate a duration in seconds: a finite, non-negative real number of sane size."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} must be a number of seconds, got {type(value).__name__}")
+        raise ValidationError(f"{what} must be a number of seconds, got {type(value).__name__}")
     if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{what} must be finite, got {value!r}")
+        raise ValidationError(f"{what} must be finite, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be {bound}, got {value!r}")
+        raise ValidationError(f"{what} must be {bound}, got {value!r}")
     if value > MAX_SECONDS:
-        raise ValueError(f"{what} is absurdly large ({value!r} s; max {MAX_SECONDS:.0f})")
+        raise ValidationError(f"{what} is absurdly large ({value!r} s; max {MAX_SECONDS:.0f})")
     return float(value)
 
 
 def positive_int(value: Any, what: str) -> int:
     """Validate an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, got {type(value).__name__}")
+        raise ValidationError(f"{what} must be an integer, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
+        raise ValidationError(f"{what} must be >= 1, got {value}")
     if value > 2**31 - 1:
-        raise ValueError(f"{what} is too large ({value})")
+        raise ValidationError(f"{what} is too large ({value})")
     return value
 
 
@@ -78,16 +78,16 @@ def when(value: Any, what: str) -> datetime:
     """Validate an aware datetime or UNIX seconds and return it in UTC."""
     if isinstance(value, datetime):
         if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-            raise ValueError(f"{what} must be timezone-aware, got naive {value!r}")
+            raise ValidationError(f"{what} must be timezone-aware, got naive {value!r}")
         return value.astimezone(timezone.utc)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} must be an aware datetime or UNIX seconds")
+        raise ValidationError(f"{what} must be an aware datetime or UNIX seconds")
     if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{what} must be finite, got {value!r}")
+        raise ValidationError(f"{what} must be finite, got {value!r}")
     try:
         return datetime.fromtimestamp(value, timezone.utc)
     except (OverflowError, OSError, ValueError) as exc:
-        raise ValueError(f"{what} is out of range: {value!r}") from exc
+        raise ValidationError(f"{what} is out of range: {value!r}") from exc
 
 
 def json_value(value: Any, what: str, max_bytes: int | None = None) -> Any:
@@ -102,7 +102,7 @@ def json_value(value: Any, what: str, max_bytes: int | None = None) -> Any:
 
         size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
         if size > max_bytes:
-            raise ValueError(f"{what} is too large ({size} bytes; limit {max_bytes})")
+            raise ValidationError(f"{what} is too large ({size} bytes; limit {max_bytes})")
     return value
 
 
@@ -110,7 +110,10 @@ def _walk(value: Any, what: str, depth: int) -> None:
     if depth > 200:
         raise NotJSONSerializable(f"{what} is nested too deeply (more than 200 levels)")
     cls = type(value)
-    if cls is str or cls is int or cls is bool or value is None:
+    if cls is str:
+        _check_text(value, what)
+        return
+    if cls is int or cls is bool or value is None:
         return
     if cls is float:
         if math.isnan(value) or math.isinf(value):
@@ -122,16 +125,33 @@ def _walk(value: Any, what: str, depth: int) -> None:
                 raise NotJSONSerializable(
                     f"{what} has a dict key of type {type(key).__name__}; JSON keys must be str"
                 )
+            _check_text(key, what)
             _walk(item, what, depth + 1)
         return
-    if cls is list or cls is tuple:
+    if cls is list:
         for item in value:
             _walk(item, what, depth + 1)
         return
+    if cls is tuple:
+        # Stored as a JSON array, a tuple would come back as a list on replay.
+        raise NotJSONSerializable(f"{what} contains a tuple; use a list (JSON arrays are lists)")
     raise NotJSONSerializable(
         f"{what} contains a value of type {cls.__module__}.{cls.__qualname__}, "
         "which is not JSON (allowed: dict, list, str, int, float, bool, None)"
     )
+
+
+def _check_text(value: str, what: str) -> None:
+    # PostgreSQL's json types refuse NUL and unpaired surrogates; refuse them everywhere
+    # so that both backends accept exactly the same values.
+    if "\x00" in value:
+        raise NotJSONSerializable(f"{what} contains a NUL character, which JSON storage refuses")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotJSONSerializable(
+                f"{what} contains an unpaired surrogate, which is not valid Unicode text") from None
 
 
 _RETRY_KINDS = ("none", "fixed", "exponential")
@@ -142,13 +162,13 @@ def retry_strategy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if value is None or value == {}:
         return None
     if not isinstance(value, Mapping):
-        raise ValueError(f"retry_strategy must be a dict, got {type(value).__name__}")
+        raise ValidationError(f"retry_strategy must be a dict, got {type(value).__name__}")
     unknown = set(value) - {"kind", "base_seconds", "factor", "max_seconds"}
     if unknown:
-        raise ValueError(f"retry_strategy has unknown keys: {sorted(unknown)}")
+        raise ValidationError(f"retry_strategy has unknown keys: {sorted(unknown)}")
     kind = value.get("kind", "none")
     if kind not in _RETRY_KINDS:
-        raise ValueError(f"retry_strategy kind must be one of {_RETRY_KINDS}, got {kind!r}")
+        raise ValidationError(f"retry_strategy kind must be one of {_RETRY_KINDS}, got {kind!r}")
     out: dict[str, Any] = {"kind": kind}
     for key in ("base_seconds", "factor", "max_seconds"):
         if value.get(key) is not None:
@@ -161,10 +181,10 @@ def cancellation(value: Mapping[str, Any] | None) -> dict[str, float] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise ValueError(f"cancellation must be a dict, got {type(value).__name__}")
+        raise ValidationError(f"cancellation must be a dict, got {type(value).__name__}")
     unknown = set(value) - {"max_delay", "max_duration"}
     if unknown:
-        raise ValueError(f"cancellation has unknown keys: {sorted(unknown)}")
+        raise ValidationError(f"cancellation has unknown keys: {sorted(unknown)}")
     out = {
         key: seconds(value[key], f"cancellation.{key}", allow_zero=False)
         for key in ("max_delay", "max_duration")
@@ -178,7 +198,7 @@ def headers(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise ValueError(f"headers must be a dict, got {type(value).__name__}")
+        raise ValidationError(f"headers must be a dict, got {type(value).__name__}")
     value = dict(value)
     json_value(value, "headers")
     return value

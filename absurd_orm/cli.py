@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--app", required=True, help="'module:engine' naming an absurd_orm.Engine")
     p.add_argument("--queue", help="queue to work (default: the engine's)")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--batch-size", type=int, help="runs claimed at once (default: concurrency)")
     p.add_argument("--poll-interval", type=float, default=0.25)
     p.add_argument("--claim-timeout", type=float, default=120)
     p.add_argument("--worker-id")
@@ -63,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             engine = _load_engine(args.app)
             engine.start_worker(worker_id=args.worker_id, claim_timeout=args.claim_timeout,
-                                concurrency=args.concurrency, poll_interval=args.poll_interval,
+                                concurrency=args.concurrency, batch_size=args.batch_size,
+                                poll_interval=args.poll_interval,
                                 queue_name=args.queue)
     except AbsurdError as exc:
         print(f"absurd-orm: {exc}", file=sys.stderr)

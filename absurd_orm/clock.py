@@ -24,7 +24,9 @@ def system_clock() -> datetime:
 def ensure_aware(value: datetime, what: str = "datetime") -> datetime:
     """Return ``value`` in UTC, refusing naive datetimes (their zone is unknowable)."""
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise ValueError(f"{what} must be timezone-aware, got naive {value!r}")
+        from .errors import ValidationError
+
+        raise ValidationError(f"{what} must be timezone-aware, got naive {value!r}")
     return value.astimezone(timezone.utc)
 
 

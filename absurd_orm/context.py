@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, overload
 
 from . import _validation as check
 from ._records import snapshot_from_json, snapshot_to_json
-from .errors import AbsurdError, CancelledTask, FailedTask, SuspendTask, TimeoutError
+from .errors import (
+    AbsurdError,
+    CancelledTask,
+    FailedTask,
+    SuspendTask,
+    TaskNotFound,
+    TimeoutError,
+    ValidationError,
+)
 from .types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
 
 if TYPE_CHECKING:
@@ -221,8 +229,12 @@ class TaskContext:
         The awaited task may live on any queue, this one included.
         """
         self._guard()
-        if task_id == self.task_id:
-            raise ValueError("a task cannot await its own result")
+        child = self._engine._task_id(task_id)
+        if child is None:
+            raise TaskNotFound(f'Task "{task_id}" not found')
+        if child == self.task_id:
+            raise ValidationError("a task cannot await its own result")
+        task_id = child
         queue = check.queue_name(queue_name) if queue_name is not None else self.queue_name
         if timeout is not None:
             timeout = check.seconds(timeout, "timeout")

@@ -14,15 +14,17 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from sqlalchemy import URL, create_engine
 from sqlalchemy.engine import Engine as SAEngine
+from sqlalchemy.exc import NoSuchModuleError
 
 from . import _validation as check
 from .clock import Clock, system_clock
-from .dialects import normalize_url, strategy_for
-from .errors import TimeoutError
+from .dialects import normalize_url, strategy_for, supported_dialects
+from .errors import TaskNotFound, TimeoutError, UnsupportedDialect, ValidationError
 from .migration import check_schema, upgrade
 from .repository import Repository
 from .types import ClaimedTask, RetryTaskResult, SpawnResult, TaskInfo, TaskResultSnapshot
@@ -65,13 +67,19 @@ class Engine:
         self.hooks: dict[str, Callable[..., Any]] = dict(hooks or {})
         unknown = set(self.hooks) - {"before_spawn", "wrap_task_execution"}
         if unknown:
-            raise ValueError(f"unknown hooks: {sorted(unknown)}")
+            raise ValidationError(f"unknown hooks: {sorted(unknown)}")
         self.max_payload_bytes = max_payload_bytes
         if isinstance(url_or_engine, SAEngine):
             self.sa_engine, self._owns_engine = url_or_engine, False
         else:
-            url = url_or_engine or os.environ.get("ABSURD_DATABASE_URL") or DEFAULT_URL
-            self.sa_engine = create_engine(normalize_url(url), pool_pre_ping=True)
+            url = normalize_url(url_or_engine or os.environ.get("ABSURD_DATABASE_URL") or DEFAULT_URL)
+            try:
+                self.sa_engine = create_engine(url, pool_pre_ping=True)
+            except (ImportError, NoSuchModuleError) as exc:
+                raise UnsupportedDialect(
+                    f"cannot use {url.drivername!r}: {exc}. Supported: "
+                    f"{', '.join(supported_dialects())} (PostgreSQL needs "
+                    "`pip install \"absurd-orm[postgres]\"`)") from exc
             self._owns_engine = True
         self.strategy = strategy_for(self.sa_engine)
         self.strategy.configure_engine(self.sa_engine)
@@ -81,7 +89,7 @@ class Engine:
         self._schema_ok = not check_schema
         self._schema_lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._worker: Worker | None = None
+        self._workers: set[Worker] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,6 +102,7 @@ class Engine:
     def close(self) -> None:
         """Stop any worker and release the connections we own."""
         self.stop_worker()
+        self._repo.close()
         if self._owns_engine:
             self.sa_engine.dispose()
 
@@ -126,6 +135,14 @@ class Engine:
     def list_queues(self) -> list[str]:
         """Names of all queues, sorted."""
         return self._ready().list_queues()
+
+    @staticmethod
+    def _task_id(task_id: Any) -> str | None:
+        """The canonical form of a task id, or None when it cannot be one."""
+        try:
+            return str(uuid.UUID(str(task_id)))
+        except ValueError:
+            return None
 
     def _queue(self, queue_name: str | None) -> str:
         return self.queue_name if queue_name is None else check.queue_name(queue_name)
@@ -179,21 +196,21 @@ class Engine:
         check.name(task_name, "task name")
         unknown = set(options) - _SPAWN_OPTIONS
         if unknown:
-            raise TypeError(f"unknown spawn options: {sorted(unknown)}")
+            raise ValidationError(f"unknown spawn options: {sorted(unknown)}")
         hook = self.hooks.get("before_spawn")
         if hook is not None:
             options = hook(task_name, params, dict(options))
             if not isinstance(options, Mapping):
-                raise TypeError("the before_spawn hook must return the options dict")
+                raise ValidationError("the before_spawn hook must return the options dict")
         wf = self._registry.get(task_name)
         requested = options.get("queue")
         if wf is not None:
             if requested is not None and requested != wf.queue:
-                raise ValueError(f'Task "{task_name}" is registered for queue "{wf.queue}" '
+                raise ValidationError(f'Task "{task_name}" is registered for queue "{wf.queue}" '
                                  f'but spawn requested queue "{requested}".')
             target = wf.queue
         elif requested is None:
-            raise ValueError(f'Task "{task_name}" is not registered. '
+            raise ValidationError(f'Task "{task_name}" is not registered. '
                              "Provide queue when spawning unregistered tasks.")
         else:
             target = check.queue_name(requested)
@@ -230,7 +247,8 @@ class Engine:
 
     def fetch_task_result(self, task_id: str, queue_name: str | None = None) -> TaskResultSnapshot | None:
         """The task's current state and, once terminal, its result or failure."""
-        return self._ready().task_result(self._queue(queue_name), str(task_id))
+        queue, tid = self._queue(queue_name), self._task_id(task_id)
+        return None if tid is None else self._ready().task_result(queue, tid)
 
     def await_task_result(self, task_id: str, *, timeout: float | None = None,
                           queue_name: str | None = None) -> TaskResultSnapshot:
@@ -242,7 +260,7 @@ class Engine:
         while True:
             snap = self.fetch_task_result(task_id, queue_name)
             if snap is None:
-                raise LookupError(f'Task "{task_id}" not found')
+                raise TaskNotFound(f'Task "{task_id}" not found')
             if snap.is_terminal:
                 return snap
             if deadline is not None:
@@ -255,15 +273,20 @@ class Engine:
 
     def cancel_task(self, task_id: str, queue_name: str | None = None) -> None:
         """Cancel a pending, running or sleeping task; terminal tasks are left as they are."""
-        self._ready().cancel_task(self._queue(queue_name), str(task_id))
+        queue, tid = self._queue(queue_name), self._task_id(task_id)
+        if tid is None:
+            raise TaskNotFound(f'Task "{task_id}" not found in queue "{queue}"')
+        self._ready().cancel_task(queue, tid)
 
     def retry_task(self, task_id: str, *, max_attempts: int | None = None,
                    spawn_new: bool = False, queue_name: str | None = None) -> RetryTaskResult:
         """Retry a failed task in place (checkpoints kept) or as a brand-new task."""
         if max_attempts is not None:
             check.positive_int(max_attempts, "max_attempts")
-        result = self._ready().retry_task(self._queue(queue_name), str(task_id), max_attempts,
-                                          spawn_new)
+        queue, tid = self._queue(queue_name), self._task_id(task_id)
+        if tid is None:
+            raise TaskNotFound(f'Task "{task_id}" not found in queue "{queue}"')
+        result = self._ready().retry_task(queue, tid, max_attempts, spawn_new)
         self._wake_workers()
         return result
 
@@ -271,13 +294,18 @@ class Engine:
 
     def get_task(self, task_id: str, queue_name: str | None = None) -> TaskInfo | None:
         """A task with its runs (attempt order) and checkpoints, or None."""
-        return self._ready().get_task(self._queue(queue_name), str(task_id))
+        queue, tid = self._queue(queue_name), self._task_id(task_id)
+        return None if tid is None else self._ready().get_task(queue, tid)
 
     def list_tasks(self, queue_name: str | None = None, *, state: str | None = None,
                    task_name: str | None = None, limit: int = 50,
                    before_task_id: str | None = None) -> list[TaskInfo]:
         """Tasks newest first; page with ``before_task_id`` (runs and checkpoints left out)."""
         check.positive_int(limit, "limit")
+        if before_task_id is not None:
+            before_task_id = self._task_id(before_task_id)
+            if before_task_id is None:
+                raise ValidationError("before_task_id is not a task id")
         return self._ready().list_tasks(self._queue(queue_name), state=state,
                                         task_name=task_name, limit=limit,
                                         before_task_id=before_task_id)
@@ -312,14 +340,13 @@ class Engine:
         worker = Worker(self, worker_id=worker_id, claim_timeout=claim_timeout,
                         concurrency=concurrency, batch_size=batch_size,
                         poll_interval=poll_interval, queue_name=self._queue(queue_name))
-        self._worker = worker
+        self._workers.add(worker)
         try:
             worker.run()
         finally:
-            self._worker = None
+            self._workers.discard(worker)
 
     def stop_worker(self) -> None:
-        """Ask the running worker to stop after its in-flight tasks."""
-        worker = self._worker
-        if worker is not None:
+        """Ask every running worker of this engine to stop after its in-flight tasks."""
+        for worker in list(self._workers):
             worker.stop()

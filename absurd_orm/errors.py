@@ -10,6 +10,7 @@ import builtins
 
 __all__ = [
     "AbsurdError",
+    "ValidationError",
     "SchemaOutOfDate",
     "UnsupportedDialect",
     "QueueNotFound",
@@ -25,6 +26,10 @@ __all__ = [
 
 class AbsurdError(Exception):
     """Base class of every error absurd-orm raises on purpose."""
+
+
+class ValidationError(AbsurdError, ValueError):
+    """An argument is invalid (a name, a number, an option): nothing was written."""
 
 
 class SchemaOutOfDate(AbsurdError, RuntimeError):

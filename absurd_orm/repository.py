@@ -629,6 +629,16 @@ class Repository:
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
         self._write(txn)
 
+    def release_run(self, run_id: str) -> None:
+        """Hand a claimed but unstarted run back (graceful stop): claimable again at once."""
+        def txn(conn: Connection) -> None:
+            now = self.now()
+            task_id = conn.scalar(select(runs.c.task_id).where(runs.c.run_id == run_id))
+            self._fence(conn, run_id, now, None, state="pending", available_at=now,
+                        claimed_by=None, claim_expires_at=None)
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="pending"))
+        self._write(txn)
+
     # ------------------------------------------------------------------ cancel / retry
 
     def cancel_task(self, queue: str, task_id: str) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _validation as check
 from .context import TaskContext, _current
-from .errors import CancelledTask, FailedTask, SuspendTask
+from .errors import CancelledTask, FailedTask, NotJSONSerializable, SuspendTask
 from .types import ClaimedTask
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ _STOPPED = (SuspendTask, CancelledTask, FailedTask)
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:
-    return {"name": type(exc).__name__, "message": str(exc),
+    # A value that is not JSON is a TypeError to the user, whatever our subclass is called.
+    name = "TypeError" if isinstance(exc, NotJSONSerializable) else type(exc).__name__
+    return {"name": name, "message": str(exc),
             "traceback": "".join(traceback.format_exception(exc))}
 
 
@@ -164,8 +166,18 @@ class Worker:
             if not claimed:
                 self._idle()
                 continue
-            for task in claimed:
+            for i, task in enumerate(claimed):
+                if self._stop.is_set():
+                    self._release(claimed[i:])
+                    break
                 self._run_one(task)
+
+    def _release(self, unstarted: list[ClaimedTask]) -> None:
+        for task in unstarted:
+            try:
+                self.engine._repo.release_run(task.run_id)
+            except (SQLAlchemyError, *_STOPPED):
+                pass  # its lease will expire instead
 
     def _run_pool(self) -> None:
         in_flight: set[Future[None]] = set()

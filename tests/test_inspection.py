@@ -163,14 +163,8 @@ def test_get_task_in_wrong_queue_is_none(engine: Engine) -> None:
     assert engine.get_task(res.task_id, queue_name="other") is None
 
 
-def test_get_task_malformed_id_is_none(engine: Engine, backend: str,
-                                       request: pytest.FixtureRequest) -> None:
+def test_get_task_malformed_id_is_none(engine: Engine) -> None:
     """An id that is not a UUID names no task: None, as for any unknown id, on every backend."""
-    if backend == "postgresql":
-        request.applymarker(pytest.mark.xfail(
-            reason="BUG: on PostgreSQL a malformed task id raises sqlalchemy DataError "
-                   "(invalid input syntax for type uuid) instead of returning None",
-            strict=True))
     assert engine.get_task("not-a-task-id") is None
     assert engine.fetch_task_result("not-a-task-id") is None
 
@@ -340,8 +334,6 @@ def test_await_task_result_unknown_task_is_lookup_error(engine: Engine) -> None:
         engine.await_task_result(str(uuid.uuid4()), timeout=0.05)
 
 
-@pytest.mark.xfail(reason="BUG: await_task_result raises a bare LookupError for an unknown "
-                          "task, not an AbsurdError (TaskNotFound)", strict=True)
 def test_await_task_result_unknown_task_is_task_not_found(engine: Engine) -> None:
     with pytest.raises(absurd_orm.TaskNotFound):
         engine.await_task_result(str(uuid.uuid4()), timeout=0.05)

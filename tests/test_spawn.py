@@ -419,11 +419,6 @@ def test_strings_postgres_cannot_store_are_refused_or_round_trip(
     Never a backend-specific database error (PostgreSQL's jsonb cannot hold ``\\u0000``
     or unpaired surrogates, SQLite's JSON text can).
     """
-    if backend == "postgresql":
-        request.applymarker(pytest.mark.xfail(
-            reason="BUG: NUL / lone-surrogate strings pass validation and then fail on "
-                   "PostgreSQL jsonb with sqlalchemy DataError, not TypeError",
-            strict=True))
     engine.register_task(name="job")(noop)
     try:
         res = engine.spawn("job", params)
@@ -436,8 +431,6 @@ def test_strings_postgres_cannot_store_are_refused_or_round_trip(
 # ---------------------------------------------------------------- error hierarchy
 
 
-@pytest.mark.xfail(reason="BUG: validation errors are bare ValueError/TypeError, not AbsurdError "
-                          "subclasses as API.md's Errors section requires", strict=True)
 @pytest.mark.parametrize("call", [
     lambda e: e.spawn("  ", {}, queue="default"),
     lambda e: e.spawn("ghost", {}),

@@ -170,12 +170,6 @@ def test_run_step_decorator_forms(engine: Engine) -> None:
     assert "named" not in checkpoints
 
 
-NON_JSON_FAILURE_NAME = pytest.mark.xfail(
-    reason="BUG: non-JSON results fail the run with failure name 'NotJSONSerializable', "
-           "not 'TypeError' (worker._failure uses type(exc).__name__)",
-    strict=True)
-
-
 @pytest.mark.parametrize("bad", [
     datetime(2030, 1, 1, tzinfo=timezone.utc), Decimal("1"), {1, 2}, float("nan"), object(),
 ], ids=["datetime", "decimal", "set", "nan", "object"])
@@ -195,7 +189,6 @@ def test_step_returning_non_json_fails_the_run_without_checkpoint(engine: Engine
     assert info.checkpoints == {"ok": "fine"}  # nothing stored for the bad step
 
 
-@NON_JSON_FAILURE_NAME
 def test_step_returning_non_json_failure_is_named_type_error(engine: Engine) -> None:
     @engine.register_task(name="job")
     def job(params, ctx):
@@ -279,7 +272,6 @@ def test_handler_returning_non_json_fails_the_run(engine: Engine) -> None:
     assert engine.get_task(res.task_id).runs[0].result is None
 
 
-@NON_JSON_FAILURE_NAME
 def test_handler_returning_non_json_failure_is_named_type_error(engine: Engine) -> None:
     @engine.register_task(name="job")
     def job(params, ctx):

@@ -12,6 +12,8 @@ Internal: not part of the public API.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
@@ -72,14 +74,15 @@ def register(name: str) -> Callable[[type], type]:
 
 
 def supported_dialects() -> list[str]:
-    """Names of the dialects with a registered strategy."""
-    _load_builtin()
+    """Names of the dialects with a strategy module in this package."""
+    for info in pkgutil.iter_modules(__path__):
+        _load(info.name)
     return sorted(_REGISTRY)
 
 
 def strategy_for(engine: Engine) -> DialectStrategy:
     """Return the strategy for ``engine``'s dialect or raise :class:`UnsupportedDialect`."""
-    _load_builtin()
+    _load(engine.dialect.name)
     factory = _REGISTRY.get(engine.dialect.name)
     if factory is None:
         raise UnsupportedDialect(
@@ -97,9 +100,15 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def _load_builtin() -> None:
-    # Imported lazily so that importing absurd_orm never requires a driver.
-    from . import postgresql, sqlite  # noqa: F401
+def _load(name: str) -> None:
+    # A dialect's module is named after it and imported on first use, so importing
+    # absurd_orm never requires a driver and a new dialect is just a new module.
+    if name not in _REGISTRY and name.isidentifier():
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
 
 
 @contextmanager

@@ -78,6 +78,11 @@ class SQLiteStrategy:
             raise UnsupportedDialect(f"SQLite strategy given a {engine.dialect.name} engine")
         if getattr(engine, "_absurd_sqlite", None) is not None:
             return
+        database = engine.url.database or ""
+        if database in ("", ":memory:") or "mode=memory" in str(engine.url.query):
+            raise UnsupportedDialect(
+                "in-memory SQLite is not supported: every connection would see its own empty "
+                "database; use a file, e.g. sqlite:///absurd.db")
         engine._absurd_sqlite = self  # type: ignore[attr-defined]
         synchronous = self.synchronous
 
