@@ -83,7 +83,8 @@ class Statements:
                 first_started_at=func.coalesce(tasks.c.first_started_at, _b("now", UTCDateTime())),
                 last_attempt_run=_b("run_id"),
             ).returning(tasks.c.task_name, tasks.c.params, tasks.c.headers,
-                        tasks.c.retry_strategy, tasks.c.max_attempts, tasks.c.max_duration))
+                        tasks.c.retry_strategy, tasks.c.max_attempts, tasks.c.max_delay,
+                        tasks.c.max_duration))
 
     @cached_property
     def task_checkpoints(self) -> Prepared:

@@ -57,6 +57,7 @@ from ._statements import LIVE_RUN as _LIVE_RUN
 from ._statements import LIVE_STATES
 from ._statements import RUNNING_RUN as _RUNNING_RUN
 from ._statements import Statements
+from ._group import GroupCommit
 from ._records import cancellation_dict, run_info, snapshot, snapshot_to_json, task_info
 from .clock import Clock
 from .dialects import DialectStrategy
@@ -100,6 +101,7 @@ class Repository:
         self._idle: dict[str, list[Connection]] = {"write": [], "read": []}
         self._options = {"write": strategy.write_options, "read": strategy.read_options}
         self._closed = False
+        self._group = GroupCommit(self._write, self._write, (CancelledTask, FailedTask))
 
     def close(self) -> None:
         """Return every kept connection to the pool."""
@@ -257,9 +259,11 @@ class Repository:
             # A first attempt's first claim is the task's first start: no checkpoint can
             # exist yet, and a max_duration policy starts counting now.
             first_start = r.attempt == 1 and r.claim_count == 1
-            if first_start and t.max_duration:
+            if first_start and (t.max_duration or t.max_delay):
+                # max_delay no longer applies once started; max_duration starts counting.
+                cancel_at = now + timedelta(seconds=t.max_duration) if t.max_duration else None
                 conn.execute(update(tasks).where(tasks.c.task_id == r.task_id).values(
-                    cancel_at=now + timedelta(seconds=t.max_duration)))
+                    cancel_at=cancel_at))
             stored: dict[str, tuple[str, Any]] = {}
             if not first_start:
                 if r.wake_step is not None:
@@ -367,7 +371,7 @@ class Repository:
             self.sql.put_checkpoint.rowcount(conn, {
                 "b_task_id": task_id, "b_name": name, "b_queue": queue, "b_state": value,
                 "b_run_id": run_id, "b_now": now})
-        self._write(txn)
+        self._group.submit(txn)
 
     def _fence_fast(self, conn: Connection, run_id: str, now: datetime,
                     extend_by: float | None) -> None:
@@ -559,7 +563,7 @@ class Repository:
                                                       "b_now": now, "b_run_id": run_id})
             if row.has_waiters:
                 self._notify_task_finished(conn, task_id, snapshot("completed", result, None), now)
-        self._write(txn)
+        self._group.submit(txn)
 
     def fail_run(self, run_id: str, failure: Mapping[str, Any], retry_at: datetime | None = None,
                  *, require_running: bool = True) -> str:
@@ -696,9 +700,12 @@ class Repository:
             conn.execute(runs.insert(), dict(
                 run_id=new_run, queue=queue, task_id=task_id, attempt=attempt, state="pending",
                 available_at=now, created_at=now))
+            # first_started_at is kept, so an exceeded max_duration still cancels the task.
+            cancel_at = (task.first_started_at + timedelta(seconds=task.max_duration)
+                         if task.max_duration and task.first_started_at else None)
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(
                 state="pending", attempts=attempt, max_attempts=wanted, last_attempt_run=new_run,
-                cancelled_at=None))
+                cancelled_at=None, cancel_at=cancel_at))
             return RetryTaskResult(task_id, new_run, attempt, False)
         return self._write(txn)
 

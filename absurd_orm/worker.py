@@ -117,12 +117,14 @@ class Worker:
     def run(self) -> None:
         """Loop until stopped."""
         restore = self._install_signal_handlers()
+        self._waiter = self.engine.strategy.idle_waiter(self.engine.sa_engine, self.queue_name)
         try:
             if self.concurrency == 1:
                 self._run_serial()
             else:
                 self._run_pool()
         finally:
+            self._waiter.close()
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
 
@@ -147,7 +149,7 @@ class Worker:
             return []
 
     def _idle(self) -> None:
-        self.engine._wakeup.wait(self.poll_interval)
+        self._waiter.wait(self.poll_interval, self.engine._wakeup)
 
     def _run_one(self, task: ClaimedTask) -> None:
         try:

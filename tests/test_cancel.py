@@ -366,9 +366,6 @@ def test_cancelled_task_cannot_be_retried(engine: Engine) -> None:
     assert len(info.runs) == 1
 
 
-@pytest.mark.xfail(reason="BUG: retry_task in place drops the max_duration policy (cancel_at stays "
-                          "NULL), so a retried task is never cancelled by max_duration",
-                   strict=True)
 def test_max_duration_still_applies_after_manual_retry(engine: Engine, clock: ManualClock) -> None:
     state = {"fail": True}
 
@@ -390,3 +387,9 @@ def test_max_duration_still_applies_after_manual_retry(engine: Engine, clock: Ma
     clock.advance(90)  # +100 since the first start
     engine.work_batch()
     assert engine.get_task(spawned.task_id).state == "cancelled"
+
+
+def test_cancel_malformed_task_id_is_not_found(engine: Engine, backend: str,
+                                               request: pytest.FixtureRequest) -> None:
+    with pytest.raises(TaskNotFound):
+        engine.cancel_task("not-a-task-id")

@@ -407,3 +407,21 @@ def test_child_finishing_after_the_timeout_still_times_out(engine: Engine, clock
     assert seen == ["timeout"]
     assert engine.fetch_task_result(spawned.task_id).result == "timeout"
     assert _count(engine, waits) == 0
+
+
+def test_engine_await_unknown_task_raises_task_not_found(engine: Engine) -> None:
+    with pytest.raises(absurd_orm.TaskNotFound):
+        engine.await_task_result(str(uuid.uuid4()), timeout=1)
+
+
+def test_ctx_await_malformed_task_id_fails_with_task_not_found(
+        engine: Engine, backend: str, request: pytest.FixtureRequest) -> None:
+    @engine.register_task(name="lost")
+    def lost(params, ctx):
+        ctx.await_task_result("not-a-task-id")
+
+    spawned = engine.spawn("lost", None, max_attempts=1)
+    assert engine.work_batch() == 1
+    info = engine.get_task(spawned.task_id)
+    assert info.state == "failed"
+    assert info.failure["name"] == "TaskNotFound"

@@ -66,6 +66,8 @@ def test_expired_lease_is_failed_by_next_claim_and_uses_an_attempt(
     failure = info.runs[0].failure
     assert failure["name"] == "$ClaimTimeout"
     assert failure["message"]
+    assert failure["workerId"] == "w1"
+    assert failure["attempt"] == 1
     assert info.runs[0].failed_at == clock()
     assert info.runs[1].claimed_by == "w2"
 

@@ -262,8 +262,10 @@ def test_retry_task_in_place_with_max_attempts(engine: Engine) -> None:
 
 
 def test_retry_task_spawn_new(engine: Engine) -> None:
-    spawned, state = _failed_task_with_step(engine, max_attempts=1, headers={"trace": "t1"},
-                                            idempotency_key="order-1")
+    spawned, state = _failed_task_with_step(
+        engine, max_attempts=1, headers={"trace": "t1"}, idempotency_key="order-1",
+        retry_strategy={"kind": "fixed", "base_seconds": 5},
+        cancellation={"max_delay": 3600})
     res = engine.retry_task(spawned.task_id, spawn_new=True)
     assert res.created is True
     assert res.attempt == 1
@@ -281,6 +283,8 @@ def test_retry_task_spawn_new(engine: Engine) -> None:
     assert new.params == {"p": 1}
     assert new.headers == {"trace": "t1"}
     assert new.max_attempts == 1
+    assert new.retry_strategy == old.retry_strategy == {"kind": "fixed", "base_seconds": 5}
+    assert new.cancellation == {"max_delay": 3600}
     assert new.idempotency_key is None
     assert new.checkpoints == {}
     assert [r.run_id for r in new.runs] == [res.run_id]
@@ -333,3 +337,9 @@ def test_retry_task_unknown_task(engine: Engine) -> None:
         engine.retry_task(str(uuid.uuid4()))
     with pytest.raises(LookupError):
         engine.retry_task(str(uuid.uuid4()), spawn_new=True)
+
+
+def test_retry_task_malformed_task_id_is_not_found(engine: Engine, backend: str,
+                                                   request: pytest.FixtureRequest) -> None:
+    with pytest.raises(TaskNotFound):
+        engine.retry_task("not-a-task-id")

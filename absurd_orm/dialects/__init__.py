@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
@@ -24,7 +25,7 @@ from sqlalchemy.sql.dml import Insert
 
 from ..errors import UnsupportedDialect
 
-__all__ = ["DialectStrategy", "register", "strategy_for", "supported_dialects", "normalize_url"]
+__all__ = ["DialectStrategy", "IdleWaiter", "register", "strategy_for", "supported_dialects", "normalize_url"]
 
 
 @runtime_checkable
@@ -58,6 +59,19 @@ class DialectStrategy(Protocol):
 
     def lock_for_migration(self, conn: Connection) -> None:
         """Serialise concurrent migrations inside ``conn``'s transaction."""
+
+    def idle_waiter(self, engine: Engine, queue: str) -> IdleWaiter:
+        """How an idle worker on ``queue`` learns, from other processes, that work arrived."""
+
+
+class IdleWaiter(Protocol):
+    """Blocks an idle worker until work may have arrived (or the timeout passes)."""
+
+    def wait(self, timeout: float, wakeup: threading.Event) -> None:
+        """Return after ``timeout`` seconds, when ``wakeup`` is set, or on outside news."""
+
+    def close(self) -> None:
+        """Release what the waiter holds."""
 
 
 _REGISTRY: dict[str, Callable[[], DialectStrategy]] = {}

@@ -10,6 +10,7 @@ Internal: not part of the public API.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
 
@@ -62,7 +63,72 @@ class PostgreSQLStrategy:
         """Take a transaction-scoped advisory lock so concurrent migrators queue up."""
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('absurd_orm.migrate'))"))
 
+    def idle_waiter(self, engine: Engine, queue: str) -> NotifyWaiter:
+        """LISTEN for the notifications the runs trigger sends when a run becomes pending."""
+        return NotifyWaiter(engine, queue)
+
     def is_transient(self, exc: BaseException) -> bool:
         """Serialization failures and deadlocks: rolled back by the server, safe to retry."""
         orig = exc.orig if isinstance(exc, DBAPIError) else exc
         return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+#: Channel of the notification sent (by a trigger on absurd_runs) when a run becomes
+#: pending; the payload is the queue name.
+CHANNEL = "absurd_orm"
+
+
+class NotifyWaiter:
+    """Idle wait woken by PostgreSQL LISTEN/NOTIFY: new work reaches idle workers at once.
+
+    A background thread holds one connection (outside the pool) in LISTEN mode and
+    reconnects after errors, so a server restart only delays wake-ups until it is back.
+    """
+
+    def __init__(self, engine: Engine, queue: str) -> None:
+        self._engine = engine
+        self._queue = queue
+        self._closed = threading.Event()
+        self._wakeups: list[threading.Event] = []
+        self._thread = threading.Thread(target=self._listen, name="absurd-listen", daemon=True)
+        self._conn: Any = None
+        self._thread.start()
+
+    def _listen(self) -> None:
+        delay = 0.1
+        while not self._closed.is_set():
+            try:
+                raw = self._engine.raw_connection()
+                conn = raw.driver_connection
+                raw.detach()  # LISTEN state must never go back to the pool
+                conn.autocommit = True
+                self._conn = conn
+                conn.execute(f"LISTEN {CHANNEL}")
+                delay = 0.1
+                while not self._closed.is_set():
+                    for note in conn.notifies(timeout=0.5):
+                        if note.payload == self._queue:
+                            for event in list(self._wakeups):
+                                event.set()
+            except Exception:  # the server went away: retry with backoff
+                if self._closed.wait(delay):
+                    break
+                delay = min(delay * 2, 5.0)
+            finally:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+
+    def wait(self, timeout: float, wakeup: threading.Event) -> None:
+        """Return when ``wakeup`` is set (by us on a notification, or in-process) or on timeout."""
+        if wakeup not in self._wakeups:
+            self._wakeups.append(wakeup)
+        wakeup.wait(timeout)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._closed.set()
+        self._thread.join(timeout=2)

@@ -18,6 +18,8 @@ Internal: not part of the public API.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
 
@@ -126,6 +128,10 @@ class SQLiteStrategy:
     def lock_for_migration(self, conn: Connection) -> None:
         """Nothing to do: migrations run in an immediate (write-locked) transaction."""
 
+    def idle_waiter(self, engine: Engine, queue: str) -> DataVersionWaiter:
+        """Watch ``PRAGMA data_version``: it changes whenever another connection commits."""
+        return DataVersionWaiter(engine)
+
     def is_transient(self, exc: BaseException) -> bool:
         """SQLITE_BUSY / SQLITE_LOCKED: nothing was written, try again."""
         orig = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -136,3 +142,34 @@ class SQLiteStrategy:
             return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
         text = str(orig).lower()
         return "database is locked" in text or "database is busy" in text
+
+
+class DataVersionWaiter:
+    """Idle wait that notices commits from other processes within about a millisecond.
+
+    ``PRAGMA data_version`` reads the WAL index in shared memory: no I/O, no lock, so
+    checking it every millisecond while idle costs a few microseconds each time.
+    """
+
+    SLICE = 0.001
+
+    def __init__(self, engine: Engine) -> None:
+        self._conn = engine.raw_connection()
+
+    def _version(self) -> int:
+        return self._conn.driver_connection.execute("PRAGMA data_version").fetchone()[0]
+
+    def wait(self, timeout: float, wakeup: threading.Event) -> None:
+        """Return on ``wakeup``, on a commit by another connection, or after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last = self._version()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or wakeup.wait(min(self.SLICE, remaining)):
+                return
+            if self._version() != last:
+                return
+
+    def close(self) -> None:
+        """Return the connection to the pool."""
+        self._conn.close()

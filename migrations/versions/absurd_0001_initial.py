@@ -139,11 +139,29 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "step_name", name="pk_absurd_waits"),
     )
     op.create_index("ix_absurd_waits_queue_event_name", "absurd_waits", ["queue", "event_name"])
+    if op.get_bind().dialect.name == "postgresql":
+        # Idle workers LISTEN on this channel: a run that becomes claimable wakes them
+        # at once instead of at their next poll. Duplicate notifications within one
+        # transaction are merged by the server.
+        op.execute("""
+            CREATE FUNCTION absurd_notify_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('absurd_orm', NEW.queue);
+                RETURN NULL;
+            END $$""")
+        op.execute("""
+            CREATE TRIGGER absurd_runs_notify_pending
+            AFTER INSERT OR UPDATE OF state ON absurd_runs
+            FOR EACH ROW WHEN (NEW.state = 'pending')
+            EXECUTE FUNCTION absurd_notify_pending()""")
     op.create_index("ix_absurd_waits_awaited_task_id", "absurd_waits", ["awaited_task_id"])
     op.create_index("ix_absurd_waits_task_id", "absurd_waits", ["task_id"])
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS absurd_runs_notify_pending ON absurd_runs")
+        op.execute("DROP FUNCTION IF EXISTS absurd_notify_pending()")
     for name in ("absurd_waits", "absurd_events", "absurd_checkpoints", "absurd_runs",
                  "absurd_tasks", "absurd_queues", "absurd_schema_version"):
         op.drop_table(name)
