@@ -95,6 +95,18 @@ class Prepared:
         assert self._row is not None
         return self._row(*[proc(v) if proc is not None else v for proc, v in zip(procs, raw)])
 
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute once per parameter set, in one driver call (``executemany``)."""
+        args = [self._params(p) for p in rows]
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany(self.sql, args)
+        except self._dbapi_error as exc:
+            raise DBAPIError.instance(self.sql, args[:1], exc, self._dbapi_error,
+                                      dialect=self._dialect) from exc
+        finally:
+            cursor.close()
+
     def rowcount(self, conn: Connection, params: Mapping[str, Any] = {}) -> int:  # noqa: B006
         """Execute; return the number of rows affected."""
         cursor = self._cursor(conn, params)

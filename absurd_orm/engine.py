@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from sqlalchemy import URL, create_engine
 from sqlalchemy.engine import Engine as SAEngine
@@ -189,6 +189,24 @@ class Engine:
         result = self._ready().spawn(target, name, params, **prepared)
         self._wake_workers()
         return result
+
+    def spawn_many(self, task_name: str, params_list: Iterable[Any], *,
+                   max_attempts: int | None = None,
+                   retry_strategy: Mapping[str, Any] | None = None,
+                   headers: Mapping[str, Any] | None = None, queue: str | None = None,
+                   cancellation: Mapping[str, float] | None = None) -> list[SpawnResult]:
+        """Enqueue one task per params in a single transaction: all are created or none."""
+        options = {k: v for k, v in dict(
+            max_attempts=max_attempts, retry_strategy=retry_strategy, headers=headers,
+            queue=queue, cancellation=cancellation).items() if v is not None}
+        items = list(params_list)
+        target, name, _, prepared = self._prepare_spawn(task_name, None, options)
+        for i, params in enumerate(items):
+            check.json_value(params, f"params[{i}]", self.max_payload_bytes)
+        prepared.pop("idempotency_key")
+        results = self._ready().spawn_many(target, name, items, **prepared)
+        self._wake_workers()
+        return results
 
     def _prepare_spawn(self, task_name: str, params: Any,
                        options: Mapping[str, Any]) -> tuple[str, str, Any, dict[str, Any]]:

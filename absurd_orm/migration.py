@@ -9,6 +9,10 @@ the package (``absurd_orm/_migrations``) once installed. They can run three ways
 * ``alembic upgrade head`` from a checkout (same environment, same table);
 * embedded in a host's Alembic history: add :func:`versions_dir` to the host's
   ``version_locations`` and run ``alembic upgrade heads``.
+
+Whichever way ran them, every revision records itself in the one-row table
+``absurd_schema_version``; :func:`check_schema` reads it. New revisions must append
+themselves to :data:`REVISIONS` and move :data:`SCHEMA_HEAD`.
 """
 
 from __future__ import annotations

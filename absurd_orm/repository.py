@@ -233,6 +233,42 @@ class Repository:
             b_available_at=now, b_created_at=now))
         return SpawnResult(task_id, run_id, 1, True)
 
+    def spawn_many(self, queue: str, task_name: str, params_list: Sequence[Any],
+                   **options: Any) -> list[SpawnResult]:
+        """Create many tasks with the same options in one transaction (all or nothing)."""
+        def txn(conn: Connection) -> list[SpawnResult]:
+            now = self.now()
+            cancellation = options.get("cancellation") or {}
+            max_delay = cancellation.get("max_delay")
+            common = dict(
+                b_queue=queue, b_task_name=task_name, b_headers=options.get("headers"),
+                b_retry_strategy=options.get("retry_strategy"),
+                b_max_attempts=options.get("max_attempts"), b_max_delay=max_delay,
+                b_max_duration=cancellation.get("max_duration"),
+                b_cancel_at=now + timedelta(seconds=max_delay) if max_delay else None,
+                b_idempotency_key=None, b_state="pending", b_attempts=1, b_enqueued_at=now)
+            task_rows, run_rows, out = [], [], []
+            for params in params_list:
+                task_id, run_id = _ids.uuid7(now), _ids.uuid7(now)
+                task_rows.append(dict(common, b_task_id=task_id, b_params=params,
+                                      b_last_attempt_run=run_id))
+                run_rows.append(dict(b_run_id=run_id, b_queue=queue, b_task_id=task_id,
+                                     b_attempt=1, b_state="pending", b_available_at=now,
+                                     b_created_at=now))
+                out.append(SpawnResult(task_id, run_id, 1, True))
+            if not out:
+                return out
+            try:
+                self.sql.insert_task.many(conn, task_rows)
+            except IntegrityError as exc:
+                if "foreign key" in str(exc.orig).lower():
+                    raise QueueNotFound(
+                        f'Queue "{queue}" does not exist (create it with create_queue)') from None
+                raise
+            self.sql.insert_run.many(conn, run_rows)
+            return out
+        return self._write(txn)
+
     # ------------------------------------------------------------------ claim
 
     def claim(self, queue: str, worker_id: str, claim_timeout: float, limit: int) -> list[ClaimedTask]:

@@ -20,7 +20,10 @@ depends_on = ${repr(depends_on)}
 
 def upgrade() -> None:
     ${upgrades if upgrades else "pass"}
+    # absurd-orm's start-up check reads this row, whichever Alembic history runs us.
+    op.execute(f"UPDATE absurd_schema_version SET revision = '{revision}'")
 
 
 def downgrade() -> None:
     ${downgrades if downgrades else "pass"}
+    op.execute(f"UPDATE absurd_schema_version SET revision = '{down_revision}'")

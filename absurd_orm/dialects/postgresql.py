@@ -75,7 +75,7 @@ class PostgreSQLStrategy:
 
 #: Channel of the notification sent (by a trigger on absurd_runs) when a run becomes
 #: pending; the payload is the queue name.
-CHANNEL = "absurd_orm"
+CHANNEL = "absurd_pending"
 
 
 class NotifyWaiter:
@@ -89,6 +89,8 @@ class NotifyWaiter:
         self._engine = engine
         self._queue = queue
         self._closed = threading.Event()
+        #: Set once the listening connection is in LISTEN mode.
+        self.ready = threading.Event()
         self._wakeups: list[threading.Event] = []
         self._thread = threading.Thread(target=self._listen, name="absurd-listen", daemon=True)
         self._conn: Any = None
@@ -104,6 +106,7 @@ class NotifyWaiter:
                 conn.autocommit = True
                 self._conn = conn
                 conn.execute(f"LISTEN {CHANNEL}")
+                self.ready.set()
                 delay = 0.1
                 while not self._closed.is_set():
                     for note in conn.notifies(timeout=0.5):
@@ -122,10 +125,14 @@ class NotifyWaiter:
                     except Exception:
                         pass
 
-    def wait(self, timeout: float, wakeup: threading.Event) -> None:
-        """Return when ``wakeup`` is set (by us on a notification, or in-process) or on timeout."""
+    def register(self, wakeup: threading.Event) -> None:
+        """Set ``wakeup`` on every notification for our queue from now on."""
         if wakeup not in self._wakeups:
             self._wakeups.append(wakeup)
+
+    def wait(self, timeout: float, wakeup: threading.Event) -> None:
+        """Return when ``wakeup`` is set (by us on a notification, or in-process) or on timeout."""
+        self.register(wakeup)
         wakeup.wait(timeout)
 
     def close(self) -> None:

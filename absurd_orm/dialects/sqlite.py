@@ -155,19 +155,25 @@ class DataVersionWaiter:
 
     def __init__(self, engine: Engine) -> None:
         self._conn = engine.raw_connection()
+        # Compared across waits, so a commit landing between two waits is not missed.
+        self._last = self._version()
 
     def _version(self) -> int:
         return self._conn.driver_connection.execute("PRAGMA data_version").fetchone()[0]
 
+    def _changed(self) -> bool:
+        version = self._version()
+        if version == self._last:
+            return False
+        self._last = version
+        return True
+
     def wait(self, timeout: float, wakeup: threading.Event) -> None:
         """Return on ``wakeup``, on a commit by another connection, or after ``timeout``."""
         deadline = time.monotonic() + timeout
-        last = self._version()
-        while True:
+        while not self._changed():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or wakeup.wait(min(self.SLICE, remaining)):
-                return
-            if self._version() != last:
                 return
 
     def close(self) -> None:

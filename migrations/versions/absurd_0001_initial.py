@@ -146,7 +146,7 @@ def upgrade() -> None:
         op.execute("""
             CREATE FUNCTION absurd_notify_pending() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                PERFORM pg_notify('absurd_orm', NEW.queue);
+                PERFORM pg_notify('absurd_pending', NEW.queue);
                 RETURN NULL;
             END $$""")
         op.execute("""
