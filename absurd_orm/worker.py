@@ -46,8 +46,13 @@ def _failure(exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(exc))}
 
 
-def execute(engine: Engine, task: ClaimedTask, claim_timeout: float) -> None:
-    """Run one claimed task until it completes, fails or suspends."""
+def execute(engine: Engine, task: ClaimedTask, claim_timeout: float,
+            claim_next: tuple[str, float, int] | None = None) -> list[ClaimedTask]:
+    """Run one claimed task until it completes, fails or suspends.
+
+    With ``claim_next=(worker_id, claim_timeout, limit)``, a completion also claims the
+    worker's next runs in its transaction; they are returned.
+    """
     repo = engine._repo
     wf = engine.registered(task.task_name)
     if wf is None:
@@ -58,12 +63,13 @@ def execute(engine: Engine, task: ClaimedTask, claim_timeout: float) -> None:
             repo.defer_run(task.run_id, until)
         except _STOPPED:
             pass
-        return
+        return []
     if wf.queue != task.queue_name:
         _fail(engine, task, {"name": "MisconfiguredTask",
                              "message": f"Misconfigured task (queue mismatch): {task.task_name!r} "
                                         f"is registered for queue {wf.queue!r}"})
-        return
+        return []
+    claimed: list[ClaimedTask] = []
     ctx = TaskContext(engine, task, claim_timeout)
     token = _current.set(ctx)
     try:
@@ -73,18 +79,20 @@ def execute(engine: Engine, task: ClaimedTask, claim_timeout: float) -> None:
         else:
             result = wf.handler(task.params, ctx)
         if ctx._stopped is not None:
-            return  # the handler swallowed a stop; it must not complete
+            return []  # the handler swallowed a stop; it must not complete
         check.json_value(result, f"result of task {task.task_name!r}", engine.max_payload_bytes)
-        repo.complete_run(task.queue_name, task.task_id, task.run_id, result)
+        claimed = repo.complete_run(task.queue_name, task.task_id, task.run_id, result,
+                                    claim_next)
     except _STOPPED:
-        return
+        return []
     except Exception as exc:  # the handler failed: record it, retry per the strategy
         if ctx._stopped is not None:
-            return
+            return []
         _fail(engine, task, _failure(exc))
     finally:
         _current.reset(token)
     engine._wake_workers()
+    return claimed
 
 
 def _fail(engine: Engine, task: ClaimedTask, failure: dict[str, Any]) -> None:
@@ -151,15 +159,25 @@ class Worker:
     def _idle(self) -> None:
         self._waiter.wait(self.poll_interval, self.engine._wakeup)
 
-    def _run_one(self, task: ClaimedTask) -> None:
-        try:
-            execute(self.engine, task, self.claim_timeout)
-        except SQLAlchemyError as exc:
-            # Its lease will expire and another claim will retry it.
-            log.warning("task %s (run %s) lost its database connection: %s",
-                        task.task_name, task.run_id, exc.__class__.__name__)
-        except Exception:
-            log.exception("task %s (run %s) crashed the worker thread", task.task_name, task.run_id)
+    def _run_chain(self, claimed: list[ClaimedTask]) -> None:
+        """Run ``claimed`` in order, then whatever the last completion claimed next."""
+        queue = list(claimed)
+        while queue:
+            task = queue.pop(0)
+            if self._stop.is_set():
+                self._release([task, *queue])
+                return
+            # Claim a successor with the completion unless others are already waiting.
+            ahead = (self.worker_id, self.claim_timeout, 1) if not queue else None
+            try:
+                queue.extend(execute(self.engine, task, self.claim_timeout, ahead))
+            except SQLAlchemyError as exc:
+                # Its lease will expire and another claim will retry it.
+                log.warning("task %s (run %s) lost its database connection: %s",
+                            task.task_name, task.run_id, exc.__class__.__name__)
+            except Exception:
+                log.exception("task %s (run %s) crashed the worker thread",
+                              task.task_name, task.run_id)
 
     def _run_serial(self) -> None:
         while not self._stop.is_set():
@@ -168,11 +186,7 @@ class Worker:
             if not claimed:
                 self._idle()
                 continue
-            for i, task in enumerate(claimed):
-                if self._stop.is_set():
-                    self._release(claimed[i:])
-                    break
-                self._run_one(task)
+            self._run_chain(claimed)
 
     def _release(self, unstarted: list[ClaimedTask]) -> None:
         for task in unstarted:
@@ -197,7 +211,7 @@ class Worker:
                     free = self.concurrency - len(in_flight)
                 claimed = self._claim(min(self.batch_size, free)) if free > 0 else []
                 for task in claimed:
-                    fut = pool.submit(self._run_one, task)
+                    fut = pool.submit(self._run_chain, [task])
                     with lock:
                         in_flight.add(fut)
                     fut.add_done_callback(done)
