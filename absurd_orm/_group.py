@@ -22,10 +22,11 @@ __all__ = ["GroupCommit"]
 
 
 class _Item:
-    __slots__ = ("fn", "done", "lead", "result", "error")
+    __slots__ = ("fn", "alone", "done", "lead", "result", "error")
 
-    def __init__(self, fn: Callable[[Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[Connection], Any], alone: Any) -> None:
         self.fn = fn
+        self.alone = alone
         self.done = threading.Event()
         self.lead = False
         self.result: Any = None
@@ -45,9 +46,13 @@ class GroupCommit:
         self._queue: list[_Item] = []
         self._busy = False
 
-    def submit(self, fn: Callable[[Connection], Any]) -> Any:
-        """Run ``fn`` in a (possibly shared) write transaction; return its result."""
-        item = _Item(fn)
+    def submit(self, fn: Callable[[Connection], Any],
+               alone: Callable[[Callable[[Connection], Any]], Any] | None = None) -> Any:
+        """Run ``fn`` in a (possibly shared) write transaction; return its result.
+
+        ``alone`` runs ``fn`` when it has no company (e.g. a single autocommit statement).
+        """
+        item = _Item(fn, alone or self._run_alone)
         with self._lock:
             self._queue.append(item)
             lead = not self._busy
@@ -85,7 +90,7 @@ class GroupCommit:
         if len(batch) == 1:
             item = batch[0]
             try:
-                item.result = self._run_alone(item.fn)
+                item.result = item.alone(item.fn)
             except BaseException as exc:  # noqa: BLE001 - handed to its writer
                 item.error = exc
             return
@@ -105,6 +110,6 @@ class GroupCommit:
             for item in batch:
                 item.error = None
                 try:
-                    item.result = self._run_alone(item.fn)
+                    item.result = item.alone(item.fn)
                 except BaseException as exc:  # noqa: BLE001
                     item.error = exc

@@ -10,13 +10,26 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, case, exists, func, literal_column, null, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 
 from ._sql import Prepared
 from .dialects import DialectStrategy
 from .models import checkpoints, runs, tasks
-from .sqltypes import UTCDateTime
+from .sqltypes import IdType, UTCDateTime
 
 __all__ = ["Statements", "CLAIMABLE_RUN", "RUNNING_RUN", "LIVE_RUN", "LIVE_STATES"]
 
@@ -108,6 +121,26 @@ class Statements:
             update(runs).where(runs.c.run_id == _b("run_id"), RUNNING_RUN).values(
                 claim_expires_at=case((runs.c.claim_expires_at.is_(None), null()),
                                       else_=_b("lease", UTCDateTime()))))
+
+    @cached_property
+    def put_checkpoint_fenced(self) -> Prepared | None:
+        """One statement: extend the lease of a still-running run, then upsert (CTE)."""
+        if not self._strategy.dml_in_cte:
+            return None
+        fence = (update(runs).where(runs.c.run_id == _b("run_id"), RUNNING_RUN)
+                 .values(claim_expires_at=case((runs.c.claim_expires_at.is_(None), null()),
+                                               else_=_b("lease", UTCDateTime())))
+                 .returning(runs.c.run_id).cte("absurd_fence"))
+        rows = select(_b("task_id", IdType), _b("name", String()), _b("queue", String()),
+                      _b("state", checkpoints.c.state.type), literal("committed"),
+                      fence.c.run_id, _b("now", UTCDateTime())).select_from(fence)
+        ins = self._strategy.insert(checkpoints).from_select(
+            ["task_id", "checkpoint_name", "queue", "state", "status", "owner_run_id",
+             "updated_at"], rows).add_cte(fence)
+        return self._prepare(ins.on_conflict_do_update(
+            index_elements=[checkpoints.c.task_id, checkpoints.c.checkpoint_name],
+            set_=dict(state=ins.excluded.state, status=ins.excluded.status,
+                      owner_run_id=ins.excluded.owner_run_id, updated_at=ins.excluded.updated_at)))
 
     @cached_property
     def put_checkpoint(self) -> Prepared:

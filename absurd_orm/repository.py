@@ -98,8 +98,9 @@ class Repository:
         self.sql = Statements(engine.dialect, strategy)
         # Connections kept checked out between transactions: a pool checkout and return
         # per transaction costs as much as the statements of a checkpoint write.
-        self._idle: dict[str, list[Connection]] = {"write": [], "read": []}
-        self._options = {"write": strategy.write_options, "read": strategy.read_options}
+        self._idle: dict[str, list[Connection]] = {"write": [], "read": [], "auto": []}
+        self._options = {"write": strategy.write_options, "read": strategy.read_options,
+                         "auto": {"isolation_level": "AUTOCOMMIT"}}
         self._closed = False
         self._group = GroupCommit(self._write, self._write, (CancelledTask, FailedTask))
 
@@ -129,8 +130,11 @@ class Repository:
                 conn = self.engine.connect()
                 conn.execution_options(**self._options[kind])
             try:
-                with conn.begin():
+                if kind == "auto":  # one atomic statement: no BEGIN/COMMIT round trips
                     result = fn(conn, *args, **kwargs)
+                else:
+                    with conn.begin():
+                        result = fn(conn, *args, **kwargs)
             except DBAPIError as exc:
                 transient = self.strategy.is_transient(exc)
                 if transient and not conn.invalidated:
@@ -399,8 +403,20 @@ class Repository:
         conn.execute(stmt)
 
     def set_checkpoint(self, queue: str, task_id: str, run_id: str, name: str, value: Any,
-                       extend_by: float | None) -> None:
-        """Store a step result, fenced on the run; optionally extend its lease."""
+                       extend_by: float) -> None:
+        """Store a step result, fenced on the run, extending its lease."""
+        fenced = self.sql.put_checkpoint_fenced
+        if fenced is not None:
+            def single(conn: Connection) -> None:
+                now = self.now()
+                if fenced.rowcount(conn, {
+                        "b_task_id": task_id, "b_name": name, "b_queue": queue, "b_state": value,
+                        "b_run_id": run_id, "b_now": now,
+                        "b_lease": now + timedelta(seconds=extend_by)}) != 1:
+                    self._raise_not_running(conn, run_id)
+            self._group.submit(single, alone=lambda fn: self._retrying("auto", fn, (), {}))
+            return
+
         def txn(conn: Connection) -> None:
             now = self.now()
             self._fence_fast(conn, run_id, now, extend_by)

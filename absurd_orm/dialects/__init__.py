@@ -35,6 +35,8 @@ class DialectStrategy(Protocol):
     name: ClassVar[str]
     #: Several connections may claim at once without blocking each other (row locks).
     concurrent_claims: ClassVar[bool]
+    #: INSERT/UPDATE may run inside a CTE, so a fenced write can be one statement.
+    dml_in_cte: ClassVar[bool]
     #: Execution options of connections used for writing / for reading only.
     write_options: dict[str, Any]
     read_options: dict[str, Any]

@@ -33,6 +33,7 @@ class PostgreSQLStrategy:
 
     name: ClassVar[str] = "postgresql"
     concurrent_claims: ClassVar[bool] = True
+    dml_in_cte: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.write_options: dict[str, Any] = {}

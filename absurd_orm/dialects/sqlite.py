@@ -61,6 +61,7 @@ class SQLiteStrategy:
 
     name: ClassVar[str] = "sqlite"
     concurrent_claims: ClassVar[bool] = False
+    dml_in_cte: ClassVar[bool] = False
 
     def __init__(self, synchronous: str = "FULL") -> None:
         if sqlite3.sqlite_version_info < MIN_VERSION:
