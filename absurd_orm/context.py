@@ -17,6 +17,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, overload
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from . import _validation as check
 from ._records import snapshot_from_json, snapshot_to_json
 from .errors import (
@@ -59,6 +61,7 @@ class TaskContext:
         self._stored: dict[str, tuple[str, Any]] = dict(task.checkpoints)
         self._seen: dict[str, int] = {}
         self._stopped: AbsurdError | None = None
+        self._infra_error: SQLAlchemyError | None = None
 
     # ------------------------------------------------------------------ identity
 
@@ -105,12 +108,20 @@ class TaskContext:
             raise type(self._stopped)(*self._stopped.args)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a repository call; a fencing or cancellation refusal stops this run."""
+        """Run a repository call; a refusal or a database failure stops this run.
+
+        A database failure is not the handler's fault: the run is not failed (that would
+        use an attempt); the worker lets it go and its lease brings it back.
+        """
         self._guard()
         try:
             return fn(*args, **kwargs)
         except (CancelledTask, FailedTask) as exc:
             self._stopped = exc
+            raise
+        except SQLAlchemyError as exc:
+            self._stopped = FailedTask(f"database error while storing task state: {exc}")
+            self._infra_error = exc
             raise
 
     def _suspend(self) -> SuspendTask:

@@ -69,7 +69,6 @@ def execute(engine: Engine, task: ClaimedTask, claim_timeout: float,
                              "message": f"Misconfigured task (queue mismatch): {task.task_name!r} "
                                         f"is registered for queue {wf.queue!r}"})
         return []
-    claimed: list[ClaimedTask] = []
     ctx = TaskContext(engine, task, claim_timeout)
     token = _current.set(ctx)
     try:
@@ -81,16 +80,26 @@ def execute(engine: Engine, task: ClaimedTask, claim_timeout: float,
         if ctx._stopped is not None:
             return []  # the handler swallowed a stop; it must not complete
         check.json_value(result, f"result of task {task.task_name!r}", engine.max_payload_bytes)
+    except _STOPPED:
+        if ctx._infra_error is not None:
+            raise ctx._infra_error from None  # the database failed, not the handler
+        return []
+    except Exception as exc:  # the handler failed: record it, retry per the strategy
+        if ctx._infra_error is not None:
+            raise ctx._infra_error from None
+        if ctx._stopped is not None:
+            return []
+        _fail(engine, task, _failure(exc))
+        engine._wake_workers()
+        return []
+    finally:
+        _current.reset(token)
+    # Outside the handler's try: a database error here is not the handler's failure.
+    try:
         claimed = repo.complete_run(task.queue_name, task.task_id, task.run_id, result,
                                     claim_next)
     except _STOPPED:
         return []
-    except Exception as exc:  # the handler failed: record it, retry per the strategy
-        if ctx._stopped is not None:
-            return []
-        _fail(engine, task, _failure(exc))
-    finally:
-        _current.reset(token)
     engine._wake_workers()
     return claimed
 
@@ -172,9 +181,11 @@ class Worker:
             try:
                 queue.extend(execute(self.engine, task, self.claim_timeout, ahead))
             except SQLAlchemyError as exc:
-                # Its lease will expire and another claim will retry it.
-                log.warning("task %s (run %s) lost its database connection: %s",
+                # The database failed, not the handler: hand the run back if the database
+                # is reachable again, else its lease expires and a later claim retries it.
+                log.warning("task %s (run %s) interrupted by a database error: %s",
                             task.task_name, task.run_id, exc.__class__.__name__)
+                self._release([task])
             except Exception:
                 log.exception("task %s (run %s) crashed the worker thread",
                               task.task_name, task.run_id)
