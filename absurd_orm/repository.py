@@ -88,7 +88,8 @@ CLAIM_TIMEOUT_FAILURE = "$ClaimTimeout"
 class Repository:
     """Transitions of the durable-execution state machine over one SQLAlchemy engine."""
 
-    max_transient_retries = 12
+    #: How long a transaction refused for lock reasons is retried before giving up.
+    transient_budget = 30.0
 
     def __init__(self, engine: Engine, strategy: DialectStrategy, clock: Clock) -> None:
         self.engine = engine
@@ -121,9 +122,10 @@ class Repository:
 
     def _retrying(self, kind: str, fn: Callable[..., T], args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> T:
-        delay = 0.002
+        delay, longest = self.strategy.retry_delays
+        deadline = time.monotonic() + self.transient_budget
         idle = self._idle[kind]
-        for attempt in range(self.max_transient_retries + 1):
+        while True:
             try:
                 conn = idle.pop()
             except IndexError:
@@ -141,7 +143,7 @@ class Repository:
                     idle.append(conn)
                 else:
                     conn.close()  # possibly broken: never reuse it
-                if attempt >= self.max_transient_retries or not transient:
+                if not transient or time.monotonic() > deadline:
                     raise
             except BaseException:
                 idle.append(conn)
@@ -153,8 +155,7 @@ class Repository:
                     idle.append(conn)
                 return result
             time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.5)
-        raise AssertionError("unreachable")
+            delay = min(delay * 2, longest)
 
     def now(self) -> datetime:
         """The engine clock's current time."""

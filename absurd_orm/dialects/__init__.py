@@ -37,6 +37,8 @@ class DialectStrategy(Protocol):
     concurrent_claims: ClassVar[bool]
     #: INSERT/UPDATE may run inside a CTE, so a fenced write can be one statement.
     dml_in_cte: ClassVar[bool]
+    #: First and longest pause (seconds) between retries of a transient failure.
+    retry_delays: ClassVar[tuple[float, float]]
     #: Execution options of connections used for writing / for reading only.
     write_options: dict[str, Any]
     read_options: dict[str, Any]

@@ -34,6 +34,7 @@ class PostgreSQLStrategy:
     name: ClassVar[str] = "postgresql"
     concurrent_claims: ClassVar[bool] = True
     dml_in_cte: ClassVar[bool] = True
+    retry_delays: ClassVar[tuple[float, float]] = (0.002, 0.5)
 
     def __init__(self) -> None:
         self.write_options: dict[str, Any] = {}

@@ -37,6 +37,8 @@ MIN_VERSION = (3, 35, 0)
 BUSY_TIMEOUT_MS = 30_000
 _CONFIGURED = "absurd_sqlite_configured"
 _BEGIN_OPTION = "absurd_sqlite_begin"
+_BUSY_OPTION = "absurd_sqlite_busy_ms"
+_BUSY_SET = "absurd_sqlite_busy_set"
 
 
 def _configure_connection(dbapi_connection: Any, synchronous: str) -> None:
@@ -62,6 +64,8 @@ class SQLiteStrategy:
     name: ClassVar[str] = "sqlite"
     concurrent_claims: ClassVar[bool] = False
     dml_in_cte: ClassVar[bool] = False
+    #: First and longest pause between retries of a transaction refused as busy.
+    retry_delays: ClassVar[tuple[float, float]] = (0.0001, 0.01)
 
     def __init__(self, synchronous: str = "FULL") -> None:
         if sqlite3.sqlite_version_info < MIN_VERSION:
@@ -72,7 +76,10 @@ class SQLiteStrategy:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
         self.synchronous = synchronous.upper()
-        self.write_options = {_BEGIN_OPTION: "IMMEDIATE"}
+        # SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, far longer
+        # than a write transaction here lasts; the repository's connections fail fast
+        # instead and retry after a short, jittered, growing pause (retry_delays).
+        self.write_options = {_BEGIN_OPTION: "IMMEDIATE", _BUSY_OPTION: 0}
         self.read_options: dict[str, Any] = {}
 
     def configure_engine(self, engine: Engine) -> None:
@@ -102,8 +109,12 @@ class SQLiteStrategy:
                 # A connection pooled before we were installed (a host's engine).
                 _configure_connection(conn.connection.dbapi_connection, synchronous)
                 info[_CONFIGURED] = True
-            mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            options = conn.get_execution_options()
+            busy = options.get(_BUSY_OPTION, BUSY_TIMEOUT_MS)
+            if info.get(_BUSY_SET, BUSY_TIMEOUT_MS) != busy:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy)}")
+                info[_BUSY_SET] = busy
+            conn.exec_driver_sql(f"BEGIN {options.get(_BEGIN_OPTION, 'DEFERRED')}")
 
     @contextmanager
     def write_transaction(self, engine: Engine) -> Iterator[Connection]:
