@@ -186,6 +186,25 @@ class Statements:
             {c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in cols}))
 
     @cached_property
+    def insert_task_and_run(self) -> Prepared | None:
+        """One statement: a new task and its first run (a CTE feeds the run insert)."""
+        if not self._strategy.dml_in_cte:
+            return None
+        cols = ("task_id", "queue", "task_name", "params", "headers", "retry_strategy",
+                "max_attempts", "max_delay", "max_duration", "cancel_at", "idempotency_key",
+                "state", "attempts", "last_attempt_run", "enqueued_at")
+        new_task = tasks.insert().values(
+            {c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in cols},
+        ).returning(tasks.c.task_id, tasks.c.queue, tasks.c.last_attempt_run,
+                    tasks.c.enqueued_at).cte("absurd_new_task")
+        first_run = select(new_task.c.last_attempt_run, new_task.c.queue, new_task.c.task_id,
+                           literal(1), literal("pending"), new_task.c.enqueued_at,
+                           new_task.c.enqueued_at)
+        return self._prepare(runs.insert().from_select(
+            ["run_id", "queue", "task_id", "attempt", "state", "available_at", "created_at"],
+            first_run).add_cte(new_task))
+
+    @cached_property
     def insert_run(self) -> Prepared:
         """A new run."""
         cols = ("run_id", "queue", "task_id", "attempt", "state", "available_at", "created_at")

@@ -196,6 +196,9 @@ class Repository:
 
     def spawn(self, queue: str, task_name: str, params: Any, **options: Any) -> SpawnResult:
         """Create a task and its first run (or return the task its idempotency key names)."""
+        if self.sql.insert_task_and_run is not None and options.get("idempotency_key") is None:
+            # One atomic statement: no BEGIN/COMMIT round trips needed.
+            return self._retrying("auto", self._spawn, (queue, task_name, params), options)
         return self._write(self._spawn, queue, task_name, params, **options)
 
     def _spawn(self, conn: Connection, queue: str, task_name: str, params: Any, *,
@@ -215,7 +218,11 @@ class Repository:
             idempotency_key=idempotency_key, state="pending", attempts=1,
             last_attempt_run=run_id, enqueued_at=now,
         )
+        single = self.sql.insert_task_and_run
         try:
+            if idempotency_key is None and single is not None:
+                single.rowcount(conn, {f"b_{k}": v for k, v in values.items()})
+                return SpawnResult(task_id, run_id, 1, True)
             if idempotency_key is None:
                 self.sql.insert_task.rowcount(conn, {f"b_{k}": v for k, v in values.items()})
             else:
