@@ -18,8 +18,9 @@ from .errors import (
     TaskNotFound,
     TimeoutError,
     UnsupportedDialect,
+    ValidationError,
 )
-from .models import metadata
+from .schema import metadata
 from .types import (
     ClaimedTask,
     RetryTaskResult,
@@ -56,6 +57,7 @@ __all__ = [
     "TaskResultSnapshot",
     "TimeoutError",
     "UnsupportedDialect",
+    "ValidationError",
     "Workflow",
     "get_current_context",
     "metadata",

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 
 from ._sql import Prepared
 from .dialects import DialectStrategy
-from .models import checkpoints, runs, tasks
+from .schema import checkpoints, runs, tasks
 from .sqltypes import IdType, UTCDateTime
 
 __all__ = ["Statements", "CLAIMABLE_RUN", "RUNNING_RUN", "LIVE_RUN", "LIVE_STATES"]

@@ -15,6 +15,8 @@ from .errors import NotJSONSerializable, ValidationError
 
 MAX_QUEUE_NAME_BYTES = 57
 MAX_NAME_LENGTH = 255
+# Checkpoint names get a "#k" suffix for repeats; keep room for it in the 255 columns.
+MAX_STEP_NAME_LENGTH = 240
 # Larger waits would overflow datetime arithmetic; a century is already absurd.
 MAX_SECONDS = 100 * 365 * 24 * 3600.0
 
@@ -47,6 +49,25 @@ def name(value: Any, what: str) -> str:
     if "\x00" in value:
         raise ValidationError(f"{what} must not contain NUL characters")
     return value
+
+
+def step_name(value: Any) -> str:
+    """Validate a step name (shorter than other names: "#k" may be appended)."""
+    name(value, "step name")
+    if len(value) > MAX_STEP_NAME_LENGTH:
+        raise ValidationError(
+            f"step name is too long ({len(value)} > {MAX_STEP_NAME_LENGTH} characters)")
+    return value
+
+
+def default_step_name(prefix: str, subject: str) -> str:
+    """The automatic step name of a wait or spawn; long subjects are replaced by a digest."""
+    full = prefix + subject
+    if len(full) <= MAX_STEP_NAME_LENGTH:
+        return full
+    import hashlib
+
+    return prefix + "sha256:" + hashlib.sha256(subject.encode("utf-8")).hexdigest()
 
 
 def seconds(value: Any, what: str, *, allow_zero: bool = True) -> float:

@@ -98,7 +98,7 @@ class TaskContext:
     # ------------------------------------------------------------------ internals
 
     def _checkpoint_name(self, name: str) -> str:
-        check.name(name, "step name")
+        check.step_name(name)
         n = self._seen.get(name, 0) + 1
         self._seen[name] = n
         return name if n == 1 else f"{name}#{n}"
@@ -219,7 +219,8 @@ class TaskContext:
         check.name(event_name, "event_name")
         if timeout is not None:
             timeout = check.seconds(timeout, "timeout")
-        checkpoint = self._checkpoint_name(step_name or f"$awaitEvent:{event_name}")
+        checkpoint = self._checkpoint_name(
+            step_name or check.default_step_name("$awaitEvent:", event_name))
         stored = self._stored.get(checkpoint)
         if stored is not None:
             if stored[0] == _TIMEOUT:
@@ -249,7 +250,8 @@ class TaskContext:
         queue = check.queue_name(queue_name) if queue_name is not None else self.queue_name
         if timeout is not None:
             timeout = check.seconds(timeout, "timeout")
-        checkpoint = self._checkpoint_name(step_name or f"$awaitTaskResult:{task_id}")
+        checkpoint = self._checkpoint_name(
+            step_name or check.default_step_name("$awaitTaskResult:", task_id))
         stored = self._stored.get(checkpoint)
         if stored is not None:
             if stored[0] == _TIMEOUT:
@@ -268,7 +270,9 @@ class TaskContext:
               **options: Any) -> SpawnResult:
         """Spawn a child task exactly once: a replay returns the same child."""
         self._guard()
-        checkpoint = self._checkpoint_name(step_name or f"$spawn:{task_name}")
+        check.name(task_name, "task name")
+        checkpoint = self._checkpoint_name(
+            step_name or check.default_step_name("$spawn:", task_name))
         stored = self._stored.get(checkpoint)
         if stored is not None:
             v = stored[1]

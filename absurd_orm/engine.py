@@ -68,6 +68,8 @@ class Engine:
         unknown = set(self.hooks) - {"before_spawn", "wrap_task_execution"}
         if unknown:
             raise ValidationError(f"unknown hooks: {sorted(unknown)}")
+        if max_payload_bytes is not None:
+            check.positive_int(max_payload_bytes, "max_payload_bytes")
         self.max_payload_bytes = max_payload_bytes
         if isinstance(url_or_engine, SAEngine):
             self.sa_engine, self._owns_engine = url_or_engine, False

@@ -68,7 +68,7 @@ from .errors import (
     QueueNotFound,
     TaskNotFound,
 )
-from .models import checkpoints, events, queues, runs, tasks, waits
+from .schema import checkpoints, events, queues, runs, tasks, waits
 from .retry import retry_delay
 from .types import (
     TERMINAL_STATES,

@@ -14,7 +14,7 @@ from alembic import context
 
 from absurd_orm.dialects import normalize_url, strategy_for
 from absurd_orm.migration import VERSION_TABLE
-from absurd_orm.models import metadata
+from absurd_orm.schema import metadata
 
 config = context.config
 

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from absurd_orm import Engine, ManualClock
-from absurd_orm.models import metadata
+from absurd_orm.schema import metadata
 from absurd_orm.testing import PostgresServer, PostgresUnavailable
 
 BACKENDS = ["sqlite", "postgresql"]

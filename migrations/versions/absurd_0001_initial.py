@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = "absurd_0001_initial"
 down_revision = None
 branch_labels = ("absurd",)
 depends_on = None
 
-_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# JSON text, kept exactly as written: json (not jsonb) on PostgreSQL, TEXT on SQLite.
+_JSON = sa.JSON().with_variant(sa.Text(), "sqlite")
 _ID = sa.Uuid(as_uuid=False)
 _TS = sa.DateTime(timezone=True)
 _QUEUE = sa.String(64)
