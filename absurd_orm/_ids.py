@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from datetime import datetime
 
 _lock = threading.Lock()
@@ -18,20 +17,30 @@ _counter = 0
 
 def uuid7(now: datetime) -> str:
     """Return a new UUIDv7 string whose timestamp is ``now`` (milliseconds)."""
+    return uuid7_batch(now, 1)[0]
+
+
+def uuid7_batch(now: datetime, n: int) -> list[str]:
+    """Return ``n`` new, increasing UUIDv7 strings whose timestamp is ``now``."""
     global _last_ms, _counter
-    ms = int(now.timestamp() * 1000)
+    ms_now = int(now.timestamp() * 1000)
+    stamps = []
     with _lock:
-        if ms > _last_ms:
-            _last_ms = ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count
-        else:
-            ms = _last_ms
-            _counter += 1
-            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
-                _last_ms += 1
-                ms = _last_ms
-                _counter = 0
-        rand_a = _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+        for _ in range(n):
+            if ms_now > _last_ms:
+                _last_ms = ms_now
+                _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF  # room to count
+            else:
+                _counter += 1
+                if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                    _last_ms += 1
+                    _counter = 0
+            stamps.append((_last_ms, _counter))
+    noise = os.urandom(8 * n)
+    out = []
+    for i, (ms, rand_a) in enumerate(stamps):
+        rand_b = int.from_bytes(noise[8 * i:8 * i + 8], "big") & ((1 << 62) - 1)
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+        h = f"{value:032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out

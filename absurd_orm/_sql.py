@@ -95,9 +95,27 @@ class Prepared:
         assert self._row is not None
         return self._row(*[proc(v) if proc is not None else v for proc, v in zip(procs, raw)])
 
-    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Execute once per parameter set, in one driver call (``executemany``)."""
-        args = [self._params(p) for p in rows]
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]],
+             common: Mapping[str, Any] | None = None) -> None:
+        """Execute once per parameter set, in one driver call (``executemany``).
+
+        ``common`` holds values shared by every row: they are converted only once.
+        """
+        if common:
+            shared = {name: (proc(common[name]) if proc is not None and common[name] is not None
+                             else common[name])
+                      for name, proc in self._binds if name in common}
+            varying = [(name, proc) for name, proc in self._binds if name not in common]
+            defaults = self._defaults
+            args = []
+            for p in rows:
+                values = dict(shared)
+                for name, proc in varying:
+                    value = p[name] if name in p else defaults[name]
+                    values[name] = proc(value) if proc is not None and value is not None else value
+                args.append([values[n] for n in self._names] if self._positional else values)
+        else:
+            args = [self._params(p) for p in rows]
         cursor = conn.connection.cursor()
         try:
             cursor.executemany(self.sql, args)

@@ -227,7 +227,9 @@ class Repository:
                 self.sql.insert_task.rowcount(conn, {f"b_{k}": v for k, v in values.items()})
             else:
                 stmt = (self._insert(tasks).values(**values)
-                        .on_conflict_do_nothing(index_elements=[tasks.c.queue, tasks.c.idempotency_key])
+                        .on_conflict_do_nothing(
+                            index_elements=[tasks.c.queue, tasks.c.idempotency_key],
+                            index_where=tasks.c.idempotency_key.is_not(None))
                         .returning(tasks.c.task_id))
                 if conn.execute(stmt).first() is None:
                     row = conn.execute(
@@ -259,25 +261,25 @@ class Repository:
                 b_max_duration=cancellation.get("max_duration"),
                 b_cancel_at=now + timedelta(seconds=max_delay) if max_delay else None,
                 b_idempotency_key=None, b_state="pending", b_attempts=1, b_enqueued_at=now)
+            run_common = dict(b_queue=queue, b_attempt=1, b_state="pending",
+                              b_available_at=now, b_created_at=now)
             task_rows, run_rows, out = [], [], []
-            for params in params_list:
-                task_id, run_id = _ids.uuid7(now), _ids.uuid7(now)
-                task_rows.append(dict(common, b_task_id=task_id, b_params=params,
-                                      b_last_attempt_run=run_id))
-                run_rows.append(dict(b_run_id=run_id, b_queue=queue, b_task_id=task_id,
-                                     b_attempt=1, b_state="pending", b_available_at=now,
-                                     b_created_at=now))
+            ids = iter(_ids.uuid7_batch(now, 2 * len(params_list)))
+            for params, task_id, run_id in zip(params_list, ids, ids):
+                task_rows.append({"b_task_id": task_id, "b_params": params,
+                                  "b_last_attempt_run": run_id})
+                run_rows.append({"b_run_id": run_id, "b_task_id": task_id})
                 out.append(SpawnResult(task_id, run_id, 1, True))
             if not out:
                 return out
             try:
-                self.sql.insert_task.many(conn, task_rows)
+                self.sql.insert_task.many(conn, task_rows, common)
             except IntegrityError as exc:
                 if "foreign key" in str(exc.orig).lower():
                     raise QueueNotFound(
                         f'Queue "{queue}" does not exist (create it with create_queue)') from None
                 raise
-            self.sql.insert_run.many(conn, run_rows)
+            self.sql.insert_run.many(conn, run_rows, run_common)
             return out
         return self._write(txn)
 

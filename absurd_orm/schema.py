@@ -28,7 +28,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    UniqueConstraint,
     false,
     text,
 )
@@ -91,7 +90,9 @@ tasks = Table(
     Column("first_started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
     Column("cancelled_at", UTCDateTime, nullable=True),
-    UniqueConstraint("queue", "idempotency_key"),
+    # Partial: tasks without a key (most) add nothing to this index.
+    Index("uq_absurd_tasks_queue_idempotency_key", "queue", "idempotency_key", unique=True,
+          **_partial("idempotency_key IS NOT NULL")),
     Index("ix_absurd_tasks_queue_task_id", "queue", "task_id"),
     Index("ix_absurd_tasks_cancel_at", "queue", "cancel_at", **_partial("cancel_at IS NOT NULL")),
 )

@@ -70,9 +70,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("task_id", name="pk_absurd_tasks"),
         sa.ForeignKeyConstraint(["queue"], ["absurd_queues.queue_name"],
                                 name="fk_absurd_tasks_queue_absurd_queues"),
-        sa.UniqueConstraint("queue", "idempotency_key",
-                            name="uq_absurd_tasks_queue_idempotency_key"),
     )
+    op.create_index("uq_absurd_tasks_queue_idempotency_key", "absurd_tasks",
+                    ["queue", "idempotency_key"], unique=True,
+                    **_partial("idempotency_key IS NOT NULL"))
     op.create_index("ix_absurd_tasks_queue_task_id", "absurd_tasks", ["queue", "task_id"])
     op.create_index("ix_absurd_tasks_cancel_at", "absurd_tasks", ["queue", "cancel_at"],
                     **_partial("cancel_at IS NOT NULL"))
