@@ -38,27 +38,19 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from sqlalchemy import (
-    bindparam,
-    case,
-    delete,
-    func,
-    null,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, case, delete, null, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import _ids
-from ._statements import CLAIMABLE_RUN as _CLAIMABLE_RUN
 from ._statements import LIVE_RUN as _LIVE_RUN
 from ._statements import LIVE_STATES
 from ._statements import RUNNING_RUN as _RUNNING_RUN
 from ._statements import Statements
 from ._group import GroupCommit
-from ._records import cancellation_dict, run_info, snapshot, snapshot_to_json, task_info
+from ._repo_inspect import Inspection
+from ._repo_waits import WaitTransitions
+from ._records import cancellation_dict, snapshot
 from .clock import Clock
 from .dialects import DialectStrategy
 from .errors import (
@@ -75,8 +67,6 @@ from .types import (
     ClaimedTask,
     RetryTaskResult,
     SpawnResult,
-    TaskInfo,
-    TaskResultSnapshot,
 )
 
 T = TypeVar("T")
@@ -85,7 +75,7 @@ T = TypeVar("T")
 CLAIM_TIMEOUT_FAILURE = "$ClaimTimeout"
 
 
-class Repository:
+class Repository(WaitTransitions, Inspection):
     """Transitions of the durable-execution state machine over one SQLAlchemy engine."""
 
     #: How long a transaction refused for lock reasons is retried before giving up.
@@ -182,17 +172,6 @@ class Repository:
         """All queue names, sorted."""
         return self._read(lambda conn: list(conn.scalars(
             select(queues.c.queue_name).order_by(queues.c.queue_name))))
-
-    def queue_exists(self, queue: str) -> bool:
-        """True when ``queue`` exists."""
-        return self._read(lambda conn: conn.scalar(
-            select(queues.c.queue_name).where(queues.c.queue_name == queue)) is not None)
-
-    def _require_queue(self, conn: Connection, queue: str) -> None:
-        if conn.scalar(select(queues.c.queue_name).where(queues.c.queue_name == queue)) is None:
-            raise QueueNotFound(f'Queue "{queue}" does not exist (create it with create_queue)')
-
-    # ------------------------------------------------------------------ spawn
 
     def spawn(self, queue: str, task_name: str, params: Any, **options: Any) -> SpawnResult:
         """Create a task and its first run (or return the task its idempotency key names)."""
@@ -447,14 +426,6 @@ class Repository:
         if not ok:
             self._raise_not_running(conn, run_id)
 
-    def get_checkpoint(self, task_id: str, name: str) -> tuple[str, Any] | None:
-        """``(status, value)`` of one stored step, or None."""
-        def txn(conn: Connection) -> tuple[str, Any] | None:
-            row = conn.execute(select(checkpoints.c.status, checkpoints.c.state).where(
-                checkpoints.c.task_id == task_id, checkpoints.c.checkpoint_name == name)).first()
-            return (row.status, row.state) if row is not None else None
-        return self._read(txn)
-
     def extend_lease(self, run_id: str, seconds: float) -> None:
         """Heartbeat: push the lease of a running run to now + ``seconds``."""
         def txn(conn: Connection) -> None:
@@ -475,142 +446,6 @@ class Repository:
                                      queue=queue)
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
         self._write(txn)
-
-    def _suspend_on_wait(self, conn: Connection, queue: str, task_id: str, run_id: str, step: str,
-                         now: datetime, timeout_at: datetime | None, *, event_name: str | None = None,
-                         awaited_task_id: str | None = None) -> None:
-        self._fence(conn, run_id, now, None, state="sleeping", available_at=timeout_at,
-                    claimed_by=None, claim_expires_at=None, wake_event=event_name,
-                    wake_step=step, event_payload=None)
-        conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
-        stmt = self._insert(waits).values(
-            run_id=run_id, step_name=step, queue=queue, task_id=task_id, event_name=event_name,
-            awaited_task_id=awaited_task_id, timeout_at=timeout_at, created_at=now)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[waits.c.run_id, waits.c.step_name],
-            set_=dict(event_name=stmt.excluded.event_name,
-                      awaited_task_id=stmt.excluded.awaited_task_id,
-                      timeout_at=stmt.excluded.timeout_at, created_at=stmt.excluded.created_at)))
-
-    # ------------------------------------------------------------------ events
-
-    def await_event(self, queue: str, task_id: str, run_id: str, step: str, event_name: str,
-                    timeout: float | None) -> tuple[bool, Any]:
-        """Return ``(True, payload)`` if emitted (stored as checkpoint), else suspend: ``(False, None)``."""
-        def txn(conn: Connection) -> tuple[bool, Any]:
-            now = self.now()
-            # Lock order: the event row first. Emit locks it too, so either the emit sees
-            # our wait or we see the emitted payload: no lost wake-up.
-            conn.execute(self._insert(events).values(
-                queue=queue, event_name=event_name, payload=None, emitted_at=None, created_at=now,
-            ).on_conflict_do_nothing(index_elements=[events.c.queue, events.c.event_name]))
-            ev = conn.execute(select(events.c.payload, events.c.emitted_at).where(
-                events.c.queue == queue, events.c.event_name == event_name
-            ).with_for_update(read=True)).one()
-            if ev.emitted_at is not None:
-                self._fence(conn, run_id, now, None)
-                self._put_checkpoint(conn, task_id, step, ev.payload, run_id, now, queue=queue)
-                return True, ev.payload
-            timeout_at = now + timedelta(seconds=timeout) if timeout is not None else None
-            self._suspend_on_wait(conn, queue, task_id, run_id, step, now, timeout_at,
-                                  event_name=event_name)
-            return False, None
-        return self._write(txn)
-
-    def emit_event(self, queue: str, event_name: str, payload: Any) -> bool:
-        """Emit; the first emit per (queue, name) wins and wakes every live waiter."""
-        return self._write(self._emit, queue, event_name, payload)
-
-    def _emit(self, conn: Connection, queue: str, event_name: str, payload: Any) -> bool:
-        now = self.now()
-        stmt = self._insert(events).values(
-            queue=queue, event_name=event_name, payload=payload, emitted_at=now, created_at=now)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[events.c.queue, events.c.event_name],
-            set_=dict(payload=stmt.excluded.payload, emitted_at=stmt.excluded.emitted_at),
-            where=events.c.emitted_at.is_(None),
-        ).returning(events.c.event_name)
-        try:
-            won = conn.execute(stmt).first() is not None
-        except IntegrityError as exc:
-            if "foreign key" in str(exc.orig).lower():
-                raise QueueNotFound(f'Queue "{queue}" does not exist') from None
-            raise
-        if not won:
-            return False
-        found = conn.execute(
-            select(waits.c.run_id, waits.c.step_name, waits.c.task_id, waits.c.timeout_at)
-            .where(waits.c.queue == queue, waits.c.event_name == event_name)
-            .order_by(waits.c.run_id)).all()
-        if not found:
-            return True
-        # Waits whose timeout passed are left to resume as timeouts (Absurd's rule).
-        live = [w for w in found if w.timeout_at is None or w.timeout_at > now]
-        conn.execute(delete(waits).where(
-            waits.c.queue == queue, waits.c.event_name == event_name,
-            or_(waits.c.timeout_at.is_(None), waits.c.timeout_at > now)))
-        for w in live:
-            self._wake(conn, queue, w.task_id, w.run_id, w.step_name, payload, now,
-                       event_payload=payload)
-        return True
-
-    def _wake(self, conn: Connection, queue: str, task_id: str, run_id: str, step: str,
-              value: Any, now: datetime, event_payload: Any = None) -> None:
-        woke = conn.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == "sleeping").values(
-            state="pending", available_at=now, wake_event=None, wake_step=None,
-            event_payload=event_payload, claimed_by=None, claim_expires_at=None)).rowcount
-        if woke:
-            self._put_checkpoint(conn, task_id, step, value, run_id, now, queue=queue)
-            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="pending"))
-
-    # ------------------------------------------------------------------ child tasks
-
-    def await_task(self, queue: str, task_id: str, run_id: str, step: str, child_id: str,
-                   child_queue: str, timeout: float | None) -> TaskResultSnapshot | None:
-        """The child's snapshot if terminal (stored as checkpoint); else suspend and return None."""
-        def txn(conn: Connection) -> TaskResultSnapshot | None:
-            now = self.now()
-            # Flagging the child also locks its row: its completion either sees our
-            # wait, or has committed and we see its terminal state.
-            child = conn.execute(
-                update(tasks).where(tasks.c.task_id == child_id, tasks.c.queue == child_queue)
-                .values(has_waiters=True)
-                .returning(tasks.c.state, tasks.c.result, tasks.c.last_attempt_run)).first()
-            if child is None:
-                raise TaskNotFound(f'Task "{child_id}" not found in queue "{child_queue}"')
-            if child.state in TERMINAL_STATES:
-                snap = snapshot(child.state, child.result, self._failure_of(conn, child))
-                self._fence(conn, run_id, now, None)
-                self._put_checkpoint(conn, task_id, step, snapshot_to_json(snap), run_id, now,
-                                     queue=queue)
-                return snap
-            timeout_at = now + timedelta(seconds=timeout) if timeout is not None else None
-            self._suspend_on_wait(conn, queue, task_id, run_id, step, now, timeout_at,
-                                  awaited_task_id=child_id)
-            return None
-        return self._write(txn)
-
-    @staticmethod
-    def _failure_of(conn: Connection, task_row: Any) -> Any:
-        if task_row.state != "failed" or task_row.last_attempt_run is None:
-            return None
-        return conn.scalar(select(runs.c.failure).where(runs.c.run_id == task_row.last_attempt_run))
-
-    def _notify_task_finished(self, conn: Connection, task_id: str, snap: TaskResultSnapshot,
-                              now: datetime) -> None:
-        """Wake the parents waiting for ``task_id`` (it just became terminal)."""
-        found = conn.execute(
-            select(waits.c.run_id, waits.c.step_name, waits.c.task_id, waits.c.queue,
-                   waits.c.timeout_at)
-            .where(waits.c.awaited_task_id == task_id).order_by(waits.c.run_id)).all()
-        if not found:
-            return
-        value = snapshot_to_json(snap)
-        live = [w for w in found if w.timeout_at is None or w.timeout_at > now]
-        for w in live:
-            conn.execute(delete(waits).where(waits.c.run_id == w.run_id,
-                                             waits.c.step_name == w.step_name))
-            self._wake(conn, w.queue, w.task_id, w.run_id, w.step_name, value, now)
 
     # ------------------------------------------------------------------ complete / fail
 
@@ -779,62 +614,6 @@ class Repository:
                 cancelled_at=None, cancel_at=cancel_at))
             return RetryTaskResult(task_id, new_run, attempt, False)
         return self._write(txn)
-
-    # ------------------------------------------------------------------ inspection
-
-    def task_result(self, queue: str, task_id: str) -> TaskResultSnapshot | None:
-        """The task's state with its result or failure; None if unknown."""
-        def txn(conn: Connection) -> TaskResultSnapshot | None:
-            row = conn.execute(
-                select(tasks.c.state, tasks.c.result, runs.c.failure)
-                .select_from(tasks.outerjoin(runs, runs.c.run_id == tasks.c.last_attempt_run))
-                .where(tasks.c.task_id == task_id, tasks.c.queue == queue)).first()
-            return None if row is None else snapshot(row.state, row.result, row.failure)
-        return self._read(txn)
-
-    def get_task(self, queue: str, task_id: str) -> TaskInfo | None:
-        """One task with its runs (attempt order) and checkpoints."""
-        def txn(conn: Connection) -> TaskInfo | None:
-            row = conn.execute(select(tasks).where(
-                tasks.c.task_id == task_id, tasks.c.queue == queue)).first()
-            if row is None:
-                return None
-            run_rows = [run_info(r) for r in conn.execute(
-                select(runs).where(runs.c.task_id == task_id).order_by(runs.c.attempt, runs.c.run_id))]
-            stored = {r.checkpoint_name: r.state for r in conn.execute(
-                select(checkpoints.c.checkpoint_name, checkpoints.c.state)
-                .where(checkpoints.c.task_id == task_id, checkpoints.c.status == "committed")
-                .order_by(checkpoints.c.updated_at, checkpoints.c.checkpoint_name))}
-            failure = next((r.failure for r in run_rows if r.run_id == row.last_attempt_run), None)
-            return task_info(row, failure, run_rows, stored)
-        return self._read(txn)
-
-    def list_tasks(self, queue: str | None, *, state: str | None, task_name: str | None,
-                   limit: int, before_task_id: str | None = None) -> list[TaskInfo]:
-        """Tasks newest first (by id), without runs or checkpoints."""
-        def txn(conn: Connection) -> list[TaskInfo]:
-            stmt = (select(tasks, runs.c.failure)
-                    .select_from(tasks.outerjoin(runs, runs.c.run_id == tasks.c.last_attempt_run))
-                    .order_by(tasks.c.task_id.desc()).limit(limit))
-            if queue is not None:
-                stmt = stmt.where(tasks.c.queue == queue)
-            if state is not None:
-                stmt = stmt.where(tasks.c.state == state)
-            if task_name is not None:
-                stmt = stmt.where(tasks.c.task_name == task_name)
-            if before_task_id is not None:
-                stmt = stmt.where(tasks.c.task_id < before_task_id)
-            return [task_info(r, r.failure, [], {}) for r in conn.execute(stmt)]
-        return self._read(txn)
-
-    def count_tasks(self, queue: str | None = None) -> dict[str, int]:
-        """Number of tasks per state."""
-        def txn(conn: Connection) -> dict[str, int]:
-            stmt = select(tasks.c.state, func.count()).group_by(tasks.c.state)
-            if queue is not None:
-                stmt = stmt.where(tasks.c.queue == queue)
-            return {state: n for state, n in conn.execute(stmt)}
-        return self._read(txn)
 
     def spawn_child(self, queue: str, task_id: str, run_id: str, step: str, child_queue: str,
                     task_name: str, params: Any, options: Mapping[str, Any]) -> SpawnResult:
