@@ -89,7 +89,8 @@ class Repository(WaitTransitions, Inspection):
         self.sql = Statements(engine.dialect, strategy)
         # Connections kept checked out between transactions: a pool checkout and return
         # per transaction costs as much as the statements of a checkpoint write.
-        self._idle: dict[str, list[Connection]] = {"write": [], "read": [], "auto": []}
+        self._idle: dict[str, list[tuple[Connection, float]]] = {
+            "write": [], "read": [], "auto": []}
         self._options = {"write": strategy.write_options, "read": strategy.read_options,
                          "auto": {"isolation_level": "AUTOCOMMIT"}}
         self._closed = False
@@ -100,7 +101,31 @@ class Repository(WaitTransitions, Inspection):
         self._closed = True
         for idle in self._idle.values():
             while idle:
-                idle.pop().close()
+                idle.pop()[0].close()
+
+    #: A connection idle for longer than this is checked before reuse (the server may
+    #: have restarted meanwhile); busy workers reuse theirs within milliseconds.
+    ping_after_idle = 1.0
+
+    def _checkout(self, kind: str) -> Connection:
+        idle = self._idle[kind]
+        while True:
+            try:
+                conn, since = idle.pop()
+            except IndexError:
+                conn = self.engine.connect()
+                conn.execution_options(**self._options[kind])
+                return conn
+            if time.monotonic() - since < self.ping_after_idle and not self.strategy.is_stale(conn):
+                return conn
+            try:
+                conn.exec_driver_sql("SELECT 1").close()
+                if conn.in_transaction():
+                    conn.rollback()
+                return conn
+            except DBAPIError:
+                conn.invalidate()
+                conn.close()
 
     # ------------------------------------------------------------------ transactions
 
@@ -116,11 +141,7 @@ class Repository(WaitTransitions, Inspection):
         deadline = time.monotonic() + self.transient_budget
         idle = self._idle[kind]
         while True:
-            try:
-                conn = idle.pop()
-            except IndexError:
-                conn = self.engine.connect()
-                conn.execution_options(**self._options[kind])
+            conn = self._checkout(kind)
             try:
                 if kind == "auto":  # one atomic statement: no BEGIN/COMMIT round trips
                     result = fn(conn, *args, **kwargs)
@@ -130,19 +151,19 @@ class Repository(WaitTransitions, Inspection):
             except DBAPIError as exc:
                 transient = self.strategy.is_transient(exc)
                 if transient and not conn.invalidated:
-                    idle.append(conn)
+                    idle.append((conn, time.monotonic()))
                 else:
                     conn.close()  # possibly broken: never reuse it
                 if not transient or time.monotonic() > deadline:
                     raise
             except BaseException:
-                idle.append(conn)
+                idle.append((conn, time.monotonic()))
                 raise
             else:
                 if self._closed:
                     conn.close()
                 else:
-                    idle.append(conn)
+                    idle.append((conn, time.monotonic()))
                 return result
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, longest)

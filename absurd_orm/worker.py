@@ -160,8 +160,8 @@ class Worker:
                                            self.queue_name)
         except SQLAlchemyError as exc:
             # The database went away or refused us: keep the worker alive and retry.
-            log.warning("claim failed (%s); retrying after %.2fs", exc.__class__.__name__,
-                        max(self.poll_interval, 0.5))
+            log.warning("claim failed (%s: %s); retrying after %.2fs", exc.__class__.__name__,
+                        getattr(exc, "orig", None) or exc, max(self.poll_interval, 0.5))
             self._stop.wait(max(self.poll_interval, 0.5))
             return []
 
@@ -183,8 +183,9 @@ class Worker:
             except SQLAlchemyError as exc:
                 # The database failed, not the handler: hand the run back if the database
                 # is reachable again, else its lease expires and a later claim retries it.
-                log.warning("task %s (run %s) interrupted by a database error: %s",
-                            task.task_name, task.run_id, exc.__class__.__name__)
+                log.warning("task %s (run %s) interrupted by a database error: %s: %s",
+                            task.task_name, task.run_id, exc.__class__.__name__,
+                            getattr(exc, "orig", None) or exc)
                 self._release([task])
             except Exception:
                 log.exception("task %s (run %s) crashed the worker thread",

@@ -64,6 +64,9 @@ class DialectStrategy(Protocol):
     def lock_for_migration(self, conn: Connection) -> None:
         """Serialise concurrent migrations inside ``conn``'s transaction."""
 
+    def is_stale(self, conn: Connection) -> bool:
+        """Cheap check before reusing a kept connection: has the server dropped it?"""
+
     def idle_waiter(self, engine: Engine, queue: str) -> IdleWaiter:
         """How an idle worker on ``queue`` learns, from other processes, that work arrived."""
 

@@ -10,6 +10,7 @@ Internal: not part of the public API.
 
 from __future__ import annotations
 
+import select
 import threading
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
@@ -64,6 +65,15 @@ class PostgreSQLStrategy:
     def lock_for_migration(self, conn: Connection) -> None:
         """Take a transaction-scoped advisory lock so concurrent migrators queue up."""
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('absurd_orm.migrate'))"))
+
+    def is_stale(self, conn: Connection) -> bool:
+        """An idle connection whose socket is readable heard from the server: a restart
+        or shutdown closes it. One non-blocking select, no round trip."""
+        raw = conn.connection.driver_connection
+        if raw is None or raw.closed or raw.broken:
+            return True
+        readable, _, _ = select.select([raw.fileno()], [], [], 0)
+        return bool(readable)
 
     def idle_waiter(self, engine: Engine, queue: str) -> NotifyWaiter:
         """LISTEN for the notifications the runs trigger sends when a run becomes pending."""

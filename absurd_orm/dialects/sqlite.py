@@ -140,6 +140,10 @@ class SQLiteStrategy:
     def lock_for_migration(self, conn: Connection) -> None:
         """Nothing to do: migrations run in an immediate (write-locked) transaction."""
 
+    def is_stale(self, conn: Connection) -> bool:
+        """A SQLite connection is a file handle: it cannot be dropped by a server."""
+        return False
+
     def idle_waiter(self, engine: Engine, queue: str) -> DataVersionWaiter:
         """Watch ``PRAGMA data_version``: it changes whenever another connection commits."""
         return DataVersionWaiter(engine)
