@@ -53,13 +53,17 @@ class Engine:
         hooks: ``{"before_spawn": f, "wrap_task_execution": f}``.
         clock: zero-argument callable returning an aware datetime; the only "now".
         max_payload_bytes: refuse params, payloads and results whose JSON is larger.
+        check_schema: raise ``SchemaOutOfDate`` on first use unless the schema is current.
+        durable_commits: ``False`` lets commits return before they reach the disk (SQLite
+            ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): a process crash
+            loses nothing; an OS crash or power loss may lose the last commits.
     """
 
     def __init__(self, url_or_engine: str | URL | SAEngine | None = None, *,
                  queue_name: str = "default", default_max_attempts: int | None = 5,
                  hooks: Mapping[str, Callable[..., Any]] | None = None,
                  clock: Clock | None = None, max_payload_bytes: int | None = None,
-                 check_schema: bool = True) -> None:
+                 check_schema: bool = True, durable_commits: bool = True) -> None:
         self.queue_name = check.queue_name(queue_name)
         if default_max_attempts is not None:
             check.positive_int(default_max_attempts, "default_max_attempts")
@@ -83,7 +87,7 @@ class Engine:
                     f"{', '.join(supported_dialects())} (PostgreSQL needs "
                     "`pip install \"absurd-orm[postgres]\"`)") from exc
             self._owns_engine = True
-        self.strategy = strategy_for(self.sa_engine)
+        self.strategy = strategy_for(self.sa_engine, durable_commits=durable_commits)
         self.strategy.configure_engine(self.sa_engine)
         self.clock: Clock = clock or system_clock
         self._repo = Repository(self.sa_engine, self.strategy, self.clock)

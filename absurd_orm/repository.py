@@ -115,6 +115,7 @@ class Repository(WaitTransitions, Inspection):
             except IndexError:
                 conn = self.engine.connect()
                 conn.execution_options(**self._options[kind])
+                self.strategy.prepare_connection(conn)
                 return conn
             if time.monotonic() - since < self.ping_after_idle and not self.strategy.is_stale(conn):
                 return conn

@@ -145,3 +145,27 @@ def test_transient_errors_are_recognised(engine: Engine, backend: str) -> None:
         assert strategy.is_transient(pgerr.SerializationFailure("x"))
         assert strategy.is_transient(pgerr.DeadlockDetected("x"))
         assert not strategy.is_transient(pgerr.UniqueViolation("x"))
+
+
+def test_durable_commits_can_be_relaxed(backend: str, db_url: str, tmp_path) -> None:
+    """durable_commits=False: SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off,
+    on the engine's own connections; tasks still run to completion."""
+    url = f"sqlite:///{tmp_path / 'relaxed.db'}" if backend == "sqlite" else db_url
+    with Engine(url, durable_commits=False, check_schema=False) as eng:
+        eng.migrate()
+        eng.create_queue("relaxed")
+
+        @eng.register_task(name="twice", queue="relaxed")
+        def twice(params, ctx):
+            return ctx.step("x2", lambda: params["n"] * 2)
+
+        spawned = eng.spawn("twice", {"n": 21})
+        assert eng.work_batch(queue_name="relaxed") == 1
+        assert eng.fetch_task_result(spawned.task_id, queue_name="relaxed").result == 42
+        setting = ("PRAGMA synchronous" if backend == "sqlite" else "SHOW synchronous_commit")
+        conn, _ = eng._repo._idle["write"][0] if eng._repo._idle["write"] else eng._repo._idle["auto"][0]
+        value = conn.exec_driver_sql(setting).scalar()
+        if conn.in_transaction():
+            conn.rollback()
+        assert value in (1, "off")
+        eng.drop_queue("relaxed")

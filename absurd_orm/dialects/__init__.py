@@ -64,6 +64,9 @@ class DialectStrategy(Protocol):
     def lock_for_migration(self, conn: Connection) -> None:
         """Serialise concurrent migrations inside ``conn``'s transaction."""
 
+    def prepare_connection(self, conn: Connection) -> None:
+        """Settings for a connection the repository keeps (not the host's others)."""
+
     def is_stale(self, conn: Connection) -> bool:
         """Cheap check before reusing a kept connection: has the server dropped it?"""
 
@@ -101,8 +104,12 @@ def supported_dialects() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def strategy_for(engine: Engine) -> DialectStrategy:
-    """Return the strategy for ``engine``'s dialect or raise :class:`UnsupportedDialect`."""
+def strategy_for(engine: Engine, *, durable_commits: bool = True) -> DialectStrategy:
+    """Return the strategy for ``engine``'s dialect or raise :class:`UnsupportedDialect`.
+
+    ``durable_commits=False`` lets commits return before they reach the disk: a process
+    crash loses nothing, an OS crash or power loss may lose the last commits.
+    """
     _load(engine.dialect.name)
     factory = _REGISTRY.get(engine.dialect.name)
     if factory is None:
@@ -110,7 +117,7 @@ def strategy_for(engine: Engine) -> DialectStrategy:
             f"absurd-orm does not support the {engine.dialect.name!r} dialect; "
             f"supported: {', '.join(supported_dialects())}"
         )
-    return factory()
+    return factory(durable_commits=durable_commits)
 
 
 def normalize_url(url: str | URL) -> URL:

@@ -37,7 +37,8 @@ class PostgreSQLStrategy:
     dml_in_cte: ClassVar[bool] = True
     retry_delays: ClassVar[tuple[float, float]] = (0.002, 0.5)
 
-    def __init__(self) -> None:
+    def __init__(self, durable_commits: bool = True) -> None:
+        self.durable_commits = durable_commits
         self.write_options: dict[str, Any] = {}
         self.read_options: dict[str, Any] = {}
 
@@ -65,6 +66,12 @@ class PostgreSQLStrategy:
     def lock_for_migration(self, conn: Connection) -> None:
         """Take a transaction-scoped advisory lock so concurrent migrators queue up."""
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('absurd_orm.migrate'))"))
+
+    def prepare_connection(self, conn: Connection) -> None:
+        """``synchronous_commit = off`` on our own connections when asked for."""
+        if not self.durable_commits:
+            with conn.connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit = off")
 
     def is_stale(self, conn: Connection) -> bool:
         """An idle connection whose socket is readable heard from the server: a restart

@@ -67,15 +67,15 @@ class SQLiteStrategy:
     #: First and longest pause between retries of a transaction refused as busy.
     retry_delays: ClassVar[tuple[float, float]] = (0.0001, 0.01)
 
-    def __init__(self, synchronous: str = "FULL") -> None:
+    def __init__(self, durable_commits: bool = True) -> None:
         if sqlite3.sqlite_version_info < MIN_VERSION:
             raise UnsupportedDialect(
                 f"SQLite {sqlite3.sqlite_version} is too old: absurd-orm needs >= "
                 f"{'.'.join(map(str, MIN_VERSION))} (for RETURNING)"
             )
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"unknown SQLite synchronous mode {synchronous!r}")
-        self.synchronous = synchronous.upper()
+        # FULL: each commit is fsynced. NORMAL (WAL): a process crash loses nothing, an OS
+        # crash or power loss may lose the last commits.
+        self.synchronous = "FULL" if durable_commits else "NORMAL"
         # SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, far longer
         # than a write transaction here lasts; the repository's connections fail fast
         # instead and retry after a short, jittered, growing pause (retry_delays).
@@ -139,6 +139,9 @@ class SQLiteStrategy:
 
     def lock_for_migration(self, conn: Connection) -> None:
         """Nothing to do: migrations run in an immediate (write-locked) transaction."""
+
+    def prepare_connection(self, conn: Connection) -> None:
+        """Nothing per connection: the pragmas are set when SQLite connects."""
 
     def is_stale(self, conn: Connection) -> bool:
         """A SQLite connection is a file handle: it cannot be dropped by a server."""

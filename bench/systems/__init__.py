@@ -11,6 +11,11 @@ from ..harness import System
 SYSTEMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "absurd-orm-sqlite": ("absurd_orm_sys", "AbsurdOrmSystem", {"backend": "sqlite"}),
     "absurd-orm-pg": ("absurd_orm_sys", "AbsurdOrmSystem", {"backend": "postgresql"}),
+    # The same with Engine(durable_commits=False): commits are not flushed to disk.
+    "absurd-orm-sqlite-nosync": ("absurd_orm_sys", "AbsurdOrmSystem",
+                                 {"backend": "sqlite", "durable": False}),
+    "absurd-orm-pg-nosync": ("absurd_orm_sys", "AbsurdOrmSystem",
+                             {"backend": "postgresql", "durable": False}),
     "absurd-sdk-pg": ("absurd_sdk_sys", "AbsurdSdkSystem", {}),
     "dbos-sqlite": ("dbos_sys", "DbosSystem", {"backend": "sqlite"}),
     "dbos-pg": ("dbos_sys", "DbosSystem", {"backend": "postgresql"}),

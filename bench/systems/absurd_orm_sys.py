@@ -53,18 +53,26 @@ class AbsurdOrmSystem(System):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.backend = config.get("backend", "sqlite")
+        # durable=False: Engine(durable_commits=False), commits not flushed to disk
+        self.durable = bool(config.get("durable", True))
+        suffix = "" if self.durable else "-nosync"
         if self.backend == "sqlite":
-            self.name = "absurd-orm-sqlite"
+            self.name = "absurd-orm-sqlite" + suffix
             self.path = self.workdir / "absurd-orm.sqlite"
             self.url = f"sqlite:///{self.path}"
         else:
-            self.name = "absurd-orm-pg"
+            self.name = "absurd-orm-pg" + suffix
             self.database = config.get("database", PG_DATABASE)
             self.dsn = harness.pg_dsn_for(config, self.database)
             self.url = self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-        self.title = f"absurd-orm {self._version()} + {'SQLite' if self.backend == 'sqlite' else 'PostgreSQL'}"
+        self.title = (f"absurd-orm {self._version()} + "
+                      f"{'SQLite' if self.backend == 'sqlite' else 'PostgreSQL'}"
+                      + ("" if self.durable else " (durable_commits=False)"))
         self.engine: Any = None
         self.obs: Any = None
+
+    def _options(self) -> dict[str, Any]:
+        return {} if self.durable else {"durable_commits": False}
 
     @staticmethod
     def _version() -> str:
@@ -83,7 +91,7 @@ class AbsurdOrmSystem(System):
         from absurd_orm import Engine
 
         self.fresh()
-        eng = Engine(self.url, queue_name=QUEUE)
+        eng = Engine(self.url, queue_name=QUEUE, **self._options())
         try:
             sa_engine = eng.sa_engine
             out: dict[str, Any] = {
@@ -95,6 +103,7 @@ class AbsurdOrmSystem(System):
                 "worker": "Engine.start_worker(concurrency=N): one claiming loop + N-thread pool",
                 "spawn": "Engine.spawn (one transaction per call)",
                 "default_poll_s": 0.25,
+                "durable_commits": self.durable,
                 "bulk_spawn": "Engine.spawn_many" if hasattr(Engine, "spawn_many")
                               else "n/a (Engine has no spawn_many)",
             }
@@ -117,7 +126,7 @@ class AbsurdOrmSystem(System):
             harness.sqlite_remove(self.path)
         else:
             harness.pg_recreate(self.config, self.database)
-        eng = Engine(self.url, queue_name=QUEUE, check_schema=False)
+        eng = Engine(self.url, queue_name=QUEUE, check_schema=False, **self._options())
         try:
             eng.migrate()
             eng.create_queue()
@@ -127,7 +136,7 @@ class AbsurdOrmSystem(System):
     def open(self) -> None:
         from absurd_orm import Engine
 
-        self.engine = Engine(self.url, queue_name=QUEUE)
+        self.engine = Engine(self.url, queue_name=QUEUE, **self._options())
         register_tasks(self.engine)
         if self.backend == "sqlite":
             self.obs = sqlite3.connect(str(self.path), isolation_level=None,
@@ -250,7 +259,7 @@ class AbsurdOrmSystem(System):
 
         from absurd_orm import Engine
 
-        engine = Engine(self.url, queue_name=QUEUE)
+        engine = Engine(self.url, queue_name=QUEUE, **self._options())
         register_tasks(engine)
         kwargs: dict[str, Any] = {"worker_id": f"bench-{index}-{os.getpid()}",
                                   "concurrency": concurrency}
