@@ -23,7 +23,10 @@ Workloads (identical for every system):
   (``claim_tasks``), and claim + run a no-op + complete (``work_batch``).
 
 Each measurement is repeated ``reps`` times (W1-W4 on a fresh database each time) and
-the median is reported. Worker peak RSS is ``ru_maxrss`` from ``os.wait4``.
+the median is reported. Worker peak RSS is the worker's own high-water mark (``VmHWM``
+from ``/proc/self/status``, reported by the worker when told to stop). ``ru_maxrss``
+would not do: it keeps the peak from before ``exec``, when the forked child still maps
+the whole driver process.
 """
 
 from __future__ import annotations
@@ -179,6 +182,18 @@ def tasks_ended() -> int:
         return int(_stats["n"])
 
 
+def _own_peak_rss_kib() -> int | None:
+    """This process's peak resident memory since ``exec`` (VmHWM), in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def serve_control() -> None:
     """Worker side of the stop protocol.
 
@@ -197,7 +212,7 @@ def serve_control() -> None:
                 if line.strip() == "stop":
                     break
             with _stats_lock:
-                payload = dict(_stats, pid=os.getpid())
+                payload = dict(_stats, pid=os.getpid(), hwm_kib=_own_peak_rss_kib())
             os.write(proto, (json.dumps(payload) + "\n").encode())
         finally:
             os._exit(0)
@@ -279,6 +294,7 @@ class Workers:
             st = self._read_line(p, 20.0) if p.returncode is None else None
             if st is not None:
                 stats.append(st)
+            own_peak = st.get("hwm_kib") if st else None
             deadline = time.monotonic() + 10
             ru = None
             while time.monotonic() < deadline:
@@ -291,7 +307,7 @@ class Workers:
                 os.kill(p.pid, signal.SIGKILL)
                 _, status, ru = os.wait4(p.pid, 0)
                 p.returncode = status
-            rss.append(ru.ru_maxrss)
+            rss.append(own_peak if own_peak else ru.ru_maxrss)
             if p.stdout is not None:
                 p.stdout.close()
         return stats, rss
