@@ -40,6 +40,12 @@ CLAIMABLE_RUN = runs.c.state.in_([literal_column("'pending'"), literal_column("'
 RUNNING_RUN = runs.c.state == literal_column("'running'")
 
 
+#: The columns a spawn writes (bound as ``b_<column>``).
+_NEW_TASK_COLUMNS = ("task_id", "queue", "task_name", "params", "headers", "retry_strategy",
+                     "max_attempts", "max_delay", "max_duration", "cancel_at",
+                     "idempotency_key", "state", "attempts", "last_attempt_run", "enqueued_at")
+
+
 def _b(name: str, type_: Any = None) -> Any:
     return bindparam(f"b_{name}", type_=type_)
 
@@ -179,22 +185,16 @@ class Statements:
     @cached_property
     def insert_task(self) -> Prepared:
         """A new pending task (no idempotency key)."""
-        cols = ("task_id", "queue", "task_name", "params", "headers", "retry_strategy",
-                "max_attempts", "max_delay", "max_duration", "cancel_at", "idempotency_key",
-                "state", "attempts", "last_attempt_run", "enqueued_at")
         return self._prepare(tasks.insert().values(
-            {c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in cols}))
+            {c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in _NEW_TASK_COLUMNS}))
 
     @cached_property
     def insert_task_and_run(self) -> Prepared | None:
         """One statement: a new task and its first run (a CTE feeds the run insert)."""
         if not self._strategy.dml_in_cte:
             return None
-        cols = ("task_id", "queue", "task_name", "params", "headers", "retry_strategy",
-                "max_attempts", "max_delay", "max_duration", "cancel_at", "idempotency_key",
-                "state", "attempts", "last_attempt_run", "enqueued_at")
         new_task = tasks.insert().values(
-            {c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in cols},
+            {c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in _NEW_TASK_COLUMNS},
         ).returning(tasks.c.task_id, tasks.c.queue, tasks.c.last_attempt_run,
                     tasks.c.enqueued_at).cte("absurd_new_task")
         first_run = select(new_task.c.last_attempt_run, new_task.c.queue, new_task.c.task_id,
