@@ -73,16 +73,22 @@ class Prepared:
             return [values[n] for n in self._names]
         return values
 
-    def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+    def _wrap(self, exc: Exception, args: Any) -> DBAPIError:
+        """The driver's error as SQLAlchemy's (callers handle one family of errors)."""
+        return DBAPIError.instance(self.sql, args, exc, self._dbapi_error, dialect=self._dialect)
+
+    def _run(self, conn: Connection, params: Mapping[str, Any],
+             fetch: Callable[[Any], Any]) -> Any:
         args = self._params(params)
-        cursor = conn.connection.cursor()
         try:
-            cursor.execute(self.sql, args)
+            cursor = conn.connection.cursor()  # raises too when the connection is gone
+            try:
+                cursor.execute(self.sql, args)
+                return fetch(cursor)
+            finally:
+                cursor.close()
         except self._dbapi_error as exc:
-            cursor.close()
-            raise DBAPIError.instance(self.sql, args, exc, self._dbapi_error,
-                                      dialect=self._dialect) from exc
-        return cursor
+            raise self._wrap(exc, args) from exc
 
     def _processors(self, cursor: Any) -> list[_Processor]:
         if self._columns is None:
@@ -116,40 +122,32 @@ class Prepared:
                 args.append([values[n] for n in self._names] if self._positional else values)
         else:
             args = [self._params(p) for p in rows]
-        cursor = conn.connection.cursor()
         try:
-            cursor.executemany(self.sql, args)
+            cursor = conn.connection.cursor()
+            try:
+                cursor.executemany(self.sql, args)
+            finally:
+                cursor.close()
         except self._dbapi_error as exc:
-            raise DBAPIError.instance(self.sql, args[:1], exc, self._dbapi_error,
-                                      dialect=self._dialect) from exc
-        finally:
-            cursor.close()
+            raise self._wrap(exc, args[:1]) from exc
 
     def rowcount(self, conn: Connection, params: Mapping[str, Any] = {}) -> int:  # noqa: B006
         """Execute; return the number of rows affected."""
-        cursor = self._cursor(conn, params)
-        try:
-            return cursor.rowcount
-        finally:
-            cursor.close()
+        return self._run(conn, params, lambda cursor: cursor.rowcount)
 
     def all(self, conn: Connection, params: Mapping[str, Any] = {}) -> list[Any]:  # noqa: B006
         """Execute; return every result row as a named tuple."""
-        cursor = self._cursor(conn, params)
-        try:
+        def fetch(cursor: Any) -> list[Any]:
             rows = cursor.fetchall()
             if not rows:
                 return []
             procs = self._processors(cursor)
             return [self._convert(procs, r) for r in rows]
-        finally:
-            cursor.close()
+        return self._run(conn, params, fetch)
 
     def first(self, conn: Connection, params: Mapping[str, Any] = {}) -> Any:  # noqa: B006
         """Execute; return the first result row (or None)."""
-        cursor = self._cursor(conn, params)
-        try:
+        def fetch(cursor: Any) -> Any:
             raw = cursor.fetchone()
             return None if raw is None else self._convert(self._processors(cursor), raw)
-        finally:
-            cursor.close()
+        return self._run(conn, params, fetch)

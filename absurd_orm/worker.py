@@ -164,6 +164,11 @@ class Worker:
                         getattr(exc, "orig", None) or exc, max(self.poll_interval, 0.5))
             self._stop.wait(max(self.poll_interval, 0.5))
             return []
+        except Exception:  # never let one bad claim end the worker
+            log.exception("claim failed unexpectedly; retrying after %.2fs",
+                          max(self.poll_interval, 0.5))
+            self._stop.wait(max(self.poll_interval, 0.5))
+            return []
 
     def _idle(self) -> None:
         self._waiter.wait(self.poll_interval, self.engine._wakeup)

@@ -40,7 +40,10 @@ UP_FRONT = 250
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
     """A private PostgreSQL server that the tests of this module restart and kill."""
-    server = PostgresServer()
+    # synchronous_commit stays on: with it off the server may drop acknowledged commits
+    # in a crash by design, and these tests crash it. (fsync may stay off: the kernel
+    # survives a server kill, so written WAL does too.)
+    server = PostgresServer(settings={"synchronous_commit": "on"})
     try:
         server.start()
     except PostgresUnavailable as exc:
@@ -179,8 +182,14 @@ def test_workers_survive_server_restart(pg: PostgresServer, tmp_path: Path, faul
                     "steps", {"n": 2}, queue="default", max_attempts=20,
                     idempotency_key=f"k{N_TASKS - 1:03d}").task_id
         ids.update(spawner.created)
-        wait_for(lambda: completed_count(db) == N_TASKS, 240, "all 500 tasks to complete",
-                 interval=0.2)
+        try:
+            wait_for(lambda: completed_count(db) == N_TASKS, 240, "all 500 tasks to complete",
+                     interval=0.2)
+        except BaseException:
+            tails = {name: w.output(name)[-1500:] for name in w.procs}
+            alive = {name: p.poll() is None for name, p in w.procs.items()}
+            raise AssertionError(f"stuck at {completed_count(db)} completed; workers alive "
+                                 f"{alive}; their output: {tails}") from None
 
         # The workers survived the outage, and stop cleanly.
         assert {n: p.poll() for n, p in w.procs.items()} == {f"w{i}": None for i in range(4)}
