@@ -99,7 +99,7 @@ def main() -> int:
     server = None
     config: dict[str, Any] = {"workdir": str(workdir)}
     try:
-        if any(s.endswith("-pg") for s in systems):
+        if any("-pg" in s for s in systems):
             from absurd_orm.testing import PostgresServer
 
             port = int(os.environ["BENCH_PG_PORT"]) if os.environ.get("BENCH_PG_PORT") else None
