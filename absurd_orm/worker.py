@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _validation as check
 from .context import TaskContext, _current
-from .errors import CancelledTask, FailedTask, NotJSONSerializable, SuspendTask
+from .errors import AbsurdError, CancelledTask, FailedTask, NotJSONSerializable, SuspendTask
 from .types import ClaimedTask
 
 if TYPE_CHECKING:
@@ -133,6 +133,10 @@ class Worker:
 
     def run(self) -> None:
         """Loop until stopped."""
+        try:
+            self.engine._ready()  # an unusable schema ends the worker now, with its message
+        except SQLAlchemyError:
+            pass  # the database is unreachable for now: the claim loop keeps retrying
         restore = self._install_signal_handlers()
         self._waiter = self.engine.strategy.idle_waiter(self.engine.sa_engine, self.queue_name)
         try:
@@ -164,6 +168,8 @@ class Worker:
                         getattr(exc, "orig", None) or exc, max(self.poll_interval, 0.5))
             self._stop.wait(max(self.poll_interval, 0.5))
             return []
+        except AbsurdError:
+            raise  # a configuration problem (schema, dialect): retrying cannot help
         except Exception:  # never let one bad claim end the worker
             log.exception("claim failed unexpectedly; retrying after %.2fs",
                           max(self.poll_interval, 0.5))
