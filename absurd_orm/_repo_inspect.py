@@ -5,7 +5,7 @@ Part of :class:`absurd_orm.repository.Repository` (a mixin), split out by aggreg
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ._records import run_info, snapshot, task_info
@@ -63,14 +63,5 @@ class Inspection:
             if before_task_id is not None:
                 stmt = stmt.where(tasks.c.task_id < before_task_id)
             return [task_info(r, r.failure, [], {}) for r in conn.execute(stmt)]
-        return self._read(txn)
-
-    def count_tasks(self, queue: str | None = None) -> dict[str, int]:
-        """Number of tasks per state."""
-        def txn(conn: Connection) -> dict[str, int]:
-            stmt = select(tasks.c.state, func.count()).group_by(tasks.c.state)
-            if queue is not None:
-                stmt = stmt.where(tasks.c.queue == queue)
-            return {state: n for state, n in conn.execute(stmt)}
         return self._read(txn)
 

@@ -27,9 +27,9 @@ class WaitTransitions:
     def _suspend_on_wait(self, conn: Connection, queue: str, task_id: str, run_id: str, step: str,
                          now: datetime, timeout_at: datetime | None, *, event_name: str | None = None,
                          awaited_task_id: str | None = None) -> None:
-        self._fence(conn, run_id, now, None, state="sleeping", available_at=timeout_at,
-                    claimed_by=None, claim_expires_at=None, wake_event=event_name,
-                    wake_step=step, event_payload=None)
+        self._move_run(conn, run_id, state="sleeping", available_at=timeout_at,
+                       claimed_by=None, claim_expires_at=None, wake_event=event_name,
+                       wake_step=step, event_payload=None)
         conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
         stmt = self._insert(waits).values(
             run_id=run_id, step_name=step, queue=queue, task_id=task_id, event_name=event_name,

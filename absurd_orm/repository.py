@@ -38,7 +38,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from sqlalchemy import bindparam, case, delete, null, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -361,27 +361,15 @@ class Repository(WaitTransitions, Inspection):
             select(waits.c.step_name, waits.c.task_id, waits.c.queue)
             .where(waits.c.run_id == run_id)).all()
         for w in pending:
-            self._put_checkpoint(conn, w.task_id, w.step_name, None, run_id, now,
-                                 status="timeout", queue=w.queue, overwrite=False)
+            self._put_timeout(conn, w.task_id, w.step_name, run_id, now, queue=w.queue)
         if pending:
             conn.execute(delete(waits).where(waits.c.run_id == run_id))
         conn.execute(update(runs).where(runs.c.run_id == run_id).values(wake_step=None))
 
     # ------------------------------------------------------------------ fencing + checkpoints
 
-    def _fence(self, conn: Connection, run_id: str, now: datetime,
-               extend_by: float | None, **values: Any) -> None:
-        """Lock the run if it is still ``running`` (else raise) and extend its lease.
-
-        This is the fencing check: a run that lost its lease was failed by another
-        worker's claim, so the update matches nothing and the write is refused.
-        """
-        if extend_by is not None:
-            values["claim_expires_at"] = case(
-                (runs.c.claim_expires_at.is_(None), null()),
-                else_=bindparam("lease", now + timedelta(seconds=extend_by), type_=runs.c.claim_expires_at.type))
-        elif not values:
-            values["claim_expires_at"] = runs.c.claim_expires_at
+    def _move_run(self, conn: Connection, run_id: str, **values: Any) -> None:
+        """Change a run that is still ``running`` (fenced: else raise, writing nothing)."""
         result = conn.execute(update(runs).where(runs.c.run_id == run_id, _RUNNING_RUN).values(**values))
         if result.rowcount != 1:
             self._raise_not_running(conn, run_id)
@@ -399,19 +387,18 @@ class Repository(WaitTransitions, Inspection):
                          f"(state {row.state})")
 
     def _put_checkpoint(self, conn: Connection, task_id: str, name: str, value: Any, run_id: str,
-                        now: datetime, *, status: str = "committed", queue: str,
-                        overwrite: bool = True) -> None:
-        stmt = self._insert(checkpoints).values(
-            task_id=task_id, checkpoint_name=name, queue=queue, state=value, status=status,
-            owner_run_id=run_id, updated_at=now)
-        keys = [checkpoints.c.task_id, checkpoints.c.checkpoint_name]
-        if overwrite:
-            stmt = stmt.on_conflict_do_update(index_elements=keys, set_=dict(
-                state=stmt.excluded.state, status=stmt.excluded.status,
-                owner_run_id=stmt.excluded.owner_run_id, updated_at=stmt.excluded.updated_at))
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-        conn.execute(stmt)
+                        now: datetime, *, queue: str) -> None:
+        self.sql.put_checkpoint.rowcount(conn, {
+            "b_task_id": task_id, "b_name": name, "b_queue": queue, "b_state": value,
+            "b_run_id": run_id, "b_now": now})
+
+    def _put_timeout(self, conn: Connection, task_id: str, name: str, run_id: str,
+                     now: datetime, *, queue: str) -> None:
+        """Mark a wait as timed out (replays raise TimeoutError); never over a real result."""
+        conn.execute(self._insert(checkpoints).values(
+            task_id=task_id, checkpoint_name=name, queue=queue, state=None, status="timeout",
+            owner_run_id=run_id, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=[checkpoints.c.task_id, checkpoints.c.checkpoint_name]))
 
     def set_checkpoint(self, queue: str, task_id: str, run_id: str, name: str, value: Any,
                        extend_by: float) -> None:
@@ -430,15 +417,15 @@ class Repository(WaitTransitions, Inspection):
 
         def txn(conn: Connection) -> None:
             now = self.now()
-            self._fence_fast(conn, run_id, now, extend_by)
-            self.sql.put_checkpoint.rowcount(conn, {
-                "b_task_id": task_id, "b_name": name, "b_queue": queue, "b_state": value,
-                "b_run_id": run_id, "b_now": now})
+            self._fence(conn, run_id, now, extend_by)
+            self._put_checkpoint(conn, task_id, name, value, run_id, now, queue=queue)
         self._group.submit(txn)
 
-    def _fence_fast(self, conn: Connection, run_id: str, now: datetime,
+    def _fence(self, conn: Connection, run_id: str, now: datetime,
                     extend_by: float | None) -> None:
-        """Refuse unless the run is still running (locking it), extending the lease if asked."""
+        """The fencing check: refuse unless the run is still running (locking it on
+        PostgreSQL), extending its lease if asked. A run that lost its lease was failed by
+        another worker's claim, so its writes stop here."""
         if extend_by is not None:
             ok = self.sql.extend_lease.rowcount(conn, {
                 "b_run_id": run_id, "b_lease": now + timedelta(seconds=extend_by)}) == 1
@@ -451,7 +438,7 @@ class Repository(WaitTransitions, Inspection):
     def extend_lease(self, run_id: str, seconds: float) -> None:
         """Heartbeat: push the lease of a running run to now + ``seconds``."""
         def txn(conn: Connection) -> None:
-            self._fence_fast(conn, run_id, self.now(), seconds)
+            self._fence(conn, run_id, self.now(), seconds)
         self._write(txn)
 
     # ------------------------------------------------------------------ suspend
@@ -461,8 +448,8 @@ class Repository(WaitTransitions, Inspection):
         """Suspend the run until ``wake_at`` (storing the wake time as checkpoint ``step``)."""
         def txn(conn: Connection) -> None:
             now = self.now()
-            self._fence(conn, run_id, now, None, state="sleeping", available_at=wake_at,
-                        claimed_by=None, claim_expires_at=None, wake_event=None, wake_step=None)
+            self._move_run(conn, run_id, state="sleeping", available_at=wake_at,
+                           claimed_by=None, claim_expires_at=None, wake_event=None, wake_step=None)
             if store_checkpoint:
                 self._put_checkpoint(conn, task_id, step, wake_at.isoformat(), run_id, now,
                                      queue=queue)
@@ -554,10 +541,9 @@ class Repository(WaitTransitions, Inspection):
     def defer_run(self, run_id: str, until: datetime) -> None:
         """Put a claimed run back to sleep without using an attempt (unknown task name)."""
         def txn(conn: Connection) -> None:
-            now = self.now()
             task_id = conn.scalar(select(runs.c.task_id).where(runs.c.run_id == run_id))
-            self._fence(conn, run_id, now, None, state="sleeping", available_at=until,
-                        claimed_by=None, claim_expires_at=None)
+            self._move_run(conn, run_id, state="sleeping", available_at=until,
+                           claimed_by=None, claim_expires_at=None)
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="sleeping"))
         self._write(txn)
 
@@ -566,8 +552,8 @@ class Repository(WaitTransitions, Inspection):
         def txn(conn: Connection) -> None:
             now = self.now()
             task_id = conn.scalar(select(runs.c.task_id).where(runs.c.run_id == run_id))
-            self._fence(conn, run_id, now, None, state="pending", available_at=now,
-                        claimed_by=None, claim_expires_at=None)
+            self._move_run(conn, run_id, state="pending", available_at=now,
+                           claimed_by=None, claim_expires_at=None)
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(state="pending"))
         self._write(txn)
 

@@ -49,9 +49,6 @@ class DialectStrategy(Protocol):
     def write_transaction(self, engine: Engine) -> Any:
         """Context manager yielding a Connection inside a transaction that may write."""
 
-    def read_transaction(self, engine: Engine) -> Any:
-        """Context manager yielding a Connection inside a read-only transaction."""
-
     def insert(self, table: Table) -> Insert:
         """The dialect's INSERT construct (with ``on_conflict_do_*``)."""
 

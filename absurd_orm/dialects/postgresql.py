@@ -51,8 +51,6 @@ class PostgreSQLStrategy:
         with begin(engine) as conn:
             yield conn
 
-    read_transaction = write_transaction
-
     def insert(self, table: Table) -> Insert:
         """PostgreSQL's INSERT, which knows ``ON CONFLICT``."""
         return pg_insert(table)

@@ -122,12 +122,6 @@ class SQLiteStrategy:
         with begin(engine, **{_BEGIN_OPTION: "IMMEDIATE"}) as conn:
             yield conn
 
-    @contextmanager
-    def read_transaction(self, engine: Engine) -> Iterator[Connection]:
-        """A deferred (reader) transaction: a consistent snapshot, no write lock."""
-        with begin(engine) as conn:
-            yield conn
-
     def insert(self, table: Table) -> Insert:
         """SQLite's INSERT, which knows ``ON CONFLICT``."""
         return sqlite_insert(table)
