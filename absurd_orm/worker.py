@@ -133,12 +133,18 @@ class Worker:
 
     def run(self) -> None:
         """Loop until stopped."""
+        restore = self._install_signal_handlers()
         try:
             self.engine._ready()  # an unusable schema ends the worker now, with its message
         except SQLAlchemyError:
             pass  # the database is unreachable for now: the claim loop keeps retrying
-        restore = self._install_signal_handlers()
+        except BaseException:
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+            raise
         self._waiter = self.engine.strategy.idle_waiter(self.engine.sa_engine, self.queue_name)
+        log.info("worker %s started on queue %r (concurrency %d)", self.worker_id,
+                 self.queue_name, self.concurrency)
         try:
             if self.concurrency == 1:
                 self._run_serial()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -49,18 +50,25 @@ def test_worker_processes_share_the_queue(engine: Engine, db_url: str, tmp_path:
     # The workers run on real time, so spawn on real time too (not the fixture's clock).
     real = Engine(db_url)
     ids = [real.spawn("three_steps", {"i": i}, queue="default").task_id for i in range(n)]
+    logs = [tmp_path / f"p{i}.log" for i in range(3)]
     procs = [subprocess.Popen(
         [sys.executable, "-m", "absurd_orm.cli", "worker", "--app", "app:engine",
          "--concurrency", "2", "--poll-interval", "0.05", "--worker-id", f"p{i}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(logs[i], "wb"))
         for i in range(3)]
     try:
         results = [real.await_task_result(t, timeout=120) for t in ids]
+        # A SIGTERM that lands while a worker is still importing kills it outright; the
+        # graceful stop under test starts once the worker says it started.
+        deadline = time.monotonic() + 60
+        while not all("started on queue" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.05)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         codes = [p.wait(timeout=30) for p in procs]
-    assert codes == [0, 0, 0], [p.stderr.read().decode()[-2000:] for p in procs]
+    assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
     assert [r.state for r in results] == ["completed"] * n
     assert [r.result for r in results] == [3 * i for i in range(n)]
     lines = log.read_text().split()
