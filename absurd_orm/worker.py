@@ -125,6 +125,17 @@ class Worker:
         self.poll_interval = check.seconds(poll_interval, "poll_interval")
         self.queue_name = queue_name
         self._stop = threading.Event()
+        # Set by SIGINT/SIGTERM. A signal handler runs on the main thread between any two
+        # bytecodes, possibly while that thread holds an Event's internal lock (inside
+        # Event.wait), so it must not take locks: it only sets this flag, which the loops
+        # check; idle waits are bounded by poll_interval, so the stop is still prompt.
+        self._signalled = False
+
+    def _on_signal(self, *_: Any) -> None:
+        self._signalled = True
+
+    def _stopping(self) -> bool:
+        return self._signalled or self._stop.is_set()
 
     def stop(self) -> None:
         """Stop claiming; in-flight tasks finish."""
@@ -161,7 +172,7 @@ class Worker:
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, lambda *_: self.stop())
+            signal.signal(sig, self._on_signal)
         return previous
 
     def _claim(self, limit: int) -> list[ClaimedTask]:
@@ -190,7 +201,7 @@ class Worker:
         queue = list(claimed)
         while queue:
             task = queue.pop(0)
-            if self._stop.is_set():
+            if self._stopping():
                 self._release([task, *queue])
                 return
             # Claim a successor with the completion unless others are already waiting.
@@ -209,7 +220,7 @@ class Worker:
                               task.task_name, task.run_id)
 
     def _run_serial(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping():
             self.engine._wakeup.clear()
             claimed = self._claim(self.batch_size)
             if not claimed:
@@ -234,7 +245,7 @@ class Worker:
             self.engine._wake_workers()
 
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="absurd-worker") as pool:
-            while not self._stop.is_set():
+            while not self._stopping():
                 self.engine._wakeup.clear()
                 with lock:
                     free = self.concurrency - len(in_flight)
